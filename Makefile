@@ -1,0 +1,28 @@
+# One Makefile: install, test, lint, demo. `make test` installs first if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check aiotq tests examples benchmarks
+	$(BIN)/ruff format --check aiotq tests examples benchmarks
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.demo
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,68 @@
+"""aiotq: an asyncio-native distributed job runtime with Celery's model.
+
+    from aiotq import App
+    tq = App("sms", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
+
+    @tq.task(max_retries=3, retry_backoff=True)
+    async def send_sms(phone: str, text: str) -> str: ...
+
+    result = await send_sms.send("+15550100", "hi")    # async code
+    send_sms.delay("+15550100", "hi").get(timeout=5)   # sync code
+"""
+
+__version__ = "0.1.0"
+
+from . import result as states
+from .app import App
+from .canvas import Signature
+from .exceptions import (
+    AiotqError,
+    BackendConnectionError,
+    BackendError,
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    MaxRetriesExceededError,
+    MessageRejected,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskError,
+    TaskRevoked,
+    TimeLimitExceeded,
+)
+from .result import AsyncResult
+from .task import Request, Task
+from .worker.execute import AckPolicy
+from .worker.worker import Worker
+
+signature = Signature
+
+__all__ = [
+    "AckPolicy",
+    "AiotqError",
+    "App",
+    "AsyncResult",
+    "BackendConnectionError",
+    "BackendError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ConfigurationError",
+    "MaxRetriesExceededError",
+    "MessageRejected",
+    "NotRegistered",
+    "Reject",
+    "Request",
+    "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TaskError",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "Worker",
+    "__version__",
+    "signature",
+    "states",
+]

@@ -1,0 +1,77 @@
+"""What the Redis broker and backend share: URL parsing, per-loop clients, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from .exceptions import ConfigurationError
+from .urls import mask_password
+
+CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+def pool_for(url: str, max_connections: int, timeout_s: float) -> aioredis.BlockingConnectionPool:
+    """A bounded pool: callers wait for a free connection instead of opening one per task."""
+    try:
+        return aioredis.BlockingConnectionPool.from_url(
+            url.replace("redis+socket://", "unix://", 1),
+            max_connections=max_connections,
+            timeout=None,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {mask_password(url)!r}: {exc}") from None
+
+
+class LoopClients:
+    """One redis client (with its bounded pool) per event loop: redis.asyncio objects are
+    bound to the loop they first ran on, and a producer's portal loop differs from a worker's."""
+
+    def __init__(self, url: str, max_connections: int, timeout_s: float) -> None:
+        self.url = url
+        self._max = max_connections
+        self._timeout_s = timeout_s
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            pool = pool_for(self.url, self._max, self._timeout_s)
+            client = aioredis.Redis(connection_pool=pool)
+            self._clients[loop] = client
+        return client
+
+    def dedicated(self) -> aioredis.Redis:
+        """A client with its own single connection, for blocking reads and pub/sub."""
+        return aioredis.Redis(connection_pool=pool_for(self.url, 2, self._timeout_s))
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+
+@asynccontextmanager
+async def translated(url: str, error: type[Exception]) -> AsyncIterator[None]:
+    """Turn redis connection errors into aiotq's own, naming the masked URL."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise error(f"cannot reach Redis at {mask_password(url)}: {exc}") from exc
+
+
+def decode_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

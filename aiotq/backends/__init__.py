@@ -1,0 +1,34 @@
+"""Result backends by URL scheme: one module and one line in SCHEMES each."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..urls import choose
+
+if TYPE_CHECKING:
+    from ..brokers.base import Broker
+    from ..settings import Settings
+    from .base import Backend
+
+
+def _memory(url: str, settings: Settings, broker: Broker) -> Any:
+    from .memory import MemoryBackend
+
+    return MemoryBackend(url)
+
+
+def _redis(url: str, settings: Settings, broker: Broker) -> Any:
+    from .redis import RedisBackend
+
+    return RedisBackend(
+        url, pool_size=settings.broker_pool_size, connect_timeout_s=settings.broker_connection_timeout_s
+    )
+
+
+SCHEMES = {"memory": _memory, "redis": _redis, "rediss": _redis, "redis+socket": _redis}
+
+
+def make_backend(url: str, settings: Settings, broker: Broker) -> Backend:
+    backend: Backend = choose(url, SCHEMES, "result backend", settings, broker)
+    return backend

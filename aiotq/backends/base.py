@@ -1,0 +1,30 @@
+"""The result Backend contract. Backends store opaque bytes; the result layer encodes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+
+class Backend(Protocol):
+    url: str
+
+    async def connect(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        """Store each (task_id, data) with a TTL and wake its watchers; one round trip."""
+
+    async def get(self, task_id: str) -> bytes | None: ...
+
+    def watch(self, task_id: str) -> AsyncIterator[bytes]:
+        """The current value (if any), then every value stored after, without polling where
+        the store can notify. Subscribes before reading, so no store is missed."""
+        ...
+
+    async def forget(self, task_id: str) -> None: ...
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        """Atomic counter (chords): add one, set the TTL, return the new value."""
+        ...

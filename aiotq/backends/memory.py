@@ -1,0 +1,73 @@
+"""In-process result backend: TTLs, watchers woken on their own loop, atomic counters."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+
+
+class MemoryBackend:
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[bytes, float]] = {}
+        self._counters: dict[str, tuple[int, float]] = {}
+        self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
+
+    async def connect(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        expires = time.monotonic() + ttl_s
+        with self._lock:
+            for task_id, data in items:
+                self._data[task_id] = (data, expires)
+                for loop, inbox in self._watchers.get(task_id, ()):
+                    loop.call_soon_threadsafe(inbox.put_nowait, data)
+
+    async def get(self, task_id: str) -> bytes | None:
+        with self._lock:
+            entry = self._data.get(task_id)
+            if entry is None:
+                return None
+            if entry[1] < time.monotonic():
+                del self._data[task_id]
+                return None
+            return entry[0]
+
+    async def watch(self, task_id: str) -> AsyncIterator[bytes]:
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        key = (asyncio.get_running_loop(), inbox)
+        with self._lock:
+            self._watchers.setdefault(task_id, set()).add(key)
+        try:
+            current = await self.get(task_id)
+            if current is not None:
+                yield current
+            while True:
+                yield await inbox.get()
+        finally:
+            with self._lock:
+                watchers = self._watchers.get(task_id)
+                if watchers is not None:
+                    watchers.discard(key)
+                    if not watchers:
+                        del self._watchers[task_id]
+
+    async def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._data.pop(task_id, None)
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        now = time.monotonic()
+        with self._lock:
+            value, expires = self._counters.get(key, (0, 0.0))
+            if expires < now:
+                value = 0
+            self._counters[key] = (value + 1, now + ttl_s)
+            return value + 1

@@ -1,0 +1,172 @@
+"""Redis result backend: SET with a TTL, then PUBLISH the same bytes on the task's channel.
+
+    aiotq:result:<task_id>    the encoded ResultRecord (expires after result_expires_s)
+    aiotq:result:<task_id>    also the pub/sub channel a store announces on
+    aiotq:counter:<key>       chord / group counters (INCR + EXPIRE)
+
+A waiter subscribes first and reads the key second, so a result stored before the wait
+began is found at once. One pub/sub connection per process and loop serves every waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .._redis import CONNECTION_ERRORS, LoopClients, translated
+from ..exceptions import BackendConnectionError
+from ..urls import mask_password
+
+log = logging.getLogger("aiotq.backend.redis")
+
+
+def result_key(task_id: str) -> str:
+    return f"aiotq:result:{task_id}"
+
+
+class _Listener:
+    """The process's one pub/sub connection on a loop, fanning messages out to waiters."""
+
+    def __init__(self, clients: LoopClients) -> None:
+        self._clients = clients
+        self._client = clients.dedicated()
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._inboxes: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def subscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        first = channel not in self._inboxes
+        self._inboxes.setdefault(channel, set()).add(inbox)
+        if first:
+            await self._pubsub.subscribe(channel)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="aiotq-result-listener")
+
+    async def unsubscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        inboxes = self._inboxes.get(channel)
+        if inboxes is None:
+            return
+        inboxes.discard(inbox)
+        if not inboxes:
+            del self._inboxes[channel]
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except CONNECTION_ERRORS as exc:
+                log.warning("result listener lost its connection (%s); resubscribing", exc)
+                await asyncio.sleep(0.2)
+                await self._resubscribe()
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"].decode()
+            for inbox in self._inboxes.get(channel, ()):
+                inbox.put_nowait(message["data"])
+
+    async def _resubscribe(self) -> None:
+        """After a drop: subscribe again, then re-read every key so no store is missed."""
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await self._pubsub.reset()
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            if self._inboxes:
+                await self._pubsub.subscribe(*self._inboxes)
+            client = self._clients.get()
+            for channel, inboxes in list(self._inboxes.items()):
+                data = await client.get(channel)
+                if data is not None:
+                    for inbox in inboxes:
+                        inbox.put_nowait(data)
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await self._pubsub.aclose()
+        await self._client.aclose()
+        await self._client.connection_pool.disconnect()
+
+
+class RedisBackend:
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._clients = LoopClients(url, pool_size, connect_timeout_s)
+        self._listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({mask_password(self.url)!r})"
+
+    async def connect(self) -> None:
+        async with translated(self.url, BackendConnectionError):
+            await self._clients.get().ping()
+
+    async def aclose(self) -> None:
+        listener = self._listeners.pop(asyncio.get_running_loop(), None)
+        if listener is not None:
+            await listener.aclose()
+        await self._clients.aclose()
+
+    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        async with translated(self.url, BackendConnectionError):
+            pipe = self._clients.get().pipeline(transaction=False)
+            for task_id, data in items:
+                key = result_key(task_id)
+                pipe.set(key, data, px=ttl_ms)
+                pipe.publish(key, data)
+            await pipe.execute()
+
+    async def get(self, task_id: str) -> bytes | None:
+        async with translated(self.url, BackendConnectionError):
+            value: Any = await self._clients.get().get(result_key(task_id))
+        return value
+
+    async def watch(self, task_id: str) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            listener = self._listeners[loop] = _Listener(self._clients)
+        channel = result_key(task_id)
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        async with translated(self.url, BackendConnectionError):
+            await listener.subscribe(channel, inbox)
+        try:
+            current = await self._get_retrying(task_id)
+            if current is not None:
+                yield current
+            while True:
+                yield await inbox.get()
+        finally:
+            await listener.unsubscribe(channel, inbox)
+
+    async def _get_retrying(self, task_id: str) -> bytes | None:
+        """A transient error never fails a wait: the caller's timeout bounds it."""
+        delay = 0.05
+        while True:
+            try:
+                return await self.get(task_id)
+            except BackendConnectionError as exc:
+                log.warning("result read failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def forget(self, task_id: str) -> None:
+        async with translated(self.url, BackendConnectionError):
+            await self._clients.get().delete(result_key(task_id))
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        async with translated(self.url, BackendConnectionError):
+            pipe = self._clients.get().pipeline(transaction=True)
+            pipe.incr(f"aiotq:counter:{key}")
+            pipe.expire(f"aiotq:counter:{key}", max(1, int(ttl_s)))
+            value, _ = await pipe.execute()
+        return int(value)

@@ -1,0 +1,59 @@
+"""The Broker contract: small on purpose. Registry, routing and settings stay out of it.
+
+A delivery carries its own ack. Delayed delivery is the broker's job: a delayed message
+is durable in the broker, not held in worker memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    body: bytes
+    headers: Mapping[str, str]
+    queue: str
+    redelivered: bool
+
+    async def ack(self) -> None:
+        """Done with the message: the broker forgets it."""
+
+    async def reject(self, requeue: bool, reason: str | None = None) -> None:
+        """Give the message back (`requeue=True`) or dead-letter it with the reason."""
+
+
+class Broker(Protocol):
+    url: str
+
+    async def connect(self) -> None:
+        """Connect (idempotent). Raises BrokerConnectionError naming the masked URL."""
+
+    async def aclose(self) -> None:
+        """Close everything; idempotent. Unacknowledged deliveries go back to their queue."""
+
+    async def declare(self, queues: Sequence[str]) -> None: ...
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
+    ) -> None: ...
+
+    def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[Delivery]:
+        """Deliveries from `queues`, at most `prefetch` unacknowledged at once."""
+        ...
+
+    async def tick(self) -> None:
+        """Upkeep from the worker's scheduler tick: move due delayed messages, keep leases."""
+
+    async def purge(self, queue: str) -> int: ...
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
+        """Dead-lettered bodies of a queue with their reasons, oldest first."""
+        ...

@@ -1,0 +1,218 @@
+"""The `aiotq` command: thin. It parses options and calls one library function each."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .app import App, run
+from .exceptions import AiotqError
+
+cli = typer.Typer(
+    help="aiotq: asyncio-native distributed jobs (Celery's model, one event loop per worker).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+AppOption = Annotated[
+    str | None,
+    typer.Option("--app", "-A", help="The app as module:attribute, e.g. proj.app:tq.", show_default=False),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def load_app(path: str | None) -> App:
+    """`pkg.module:attr`, or `pkg.module` holding one App. Errors are one clear line."""
+    if not path:
+        raise fail("which app? pass it as `module:attribute` (e.g. `aiotq worker proj.app:tq`)")
+    sys.path.insert(0, os.getcwd())
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise fail(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise fail(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    if attr:
+        app = getattr(module, attr, None)
+        if not isinstance(app, App):
+            raise fail(f"{module_name!r} has no App named {attr!r}")
+        return app
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if len(apps) != 1:
+        raise fail(f"{module_name!r} holds {len(apps)} apps; name one as {module_name}:attribute")
+    return apps[0]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"aiotq {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+@cli.command()
+def worker(
+    app_path: Annotated[str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")] = None,
+    app_option: AppOption = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Tasks in flight at once.")] = None,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")] = "info",
+    threads: Annotated[int | None, typer.Option(help="Thread pool size for sync tasks.")] = None,
+    processes: Annotated[int | None, typer.Option(help="Process pool size for executor='process' tasks.")] = None,
+    prefetch_multiplier: Annotated[int | None, typer.Option(help="Prefetch = concurrency x this.")] = None,
+    shutdown_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a warm shutdown waits for in-flight tasks.")
+    ] = None,
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Name shown in logs.")] = None,
+) -> None:
+    """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
+    setup_logging(loglevel)
+    app = load_app(app_option or app_path)
+    try:
+        w = app.worker(
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            concurrency=concurrency,
+            prefetch_multiplier=prefetch_multiplier,
+            threads=threads,
+            processes=processes,
+            shutdown_timeout_s=shutdown_timeout,
+            hostname=hostname,
+        )
+        run(w.run())
+    except AiotqError as exc:
+        raise fail(str(exc)) from None
+
+
+def _json_arg(value: str, what: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{what} is not JSON: {exc}") from None
+
+
+@cli.command()
+def send(
+    name: Annotated[str, typer.Argument(help="Task name, e.g. proj.tasks.add.")],
+    app_option: AppOption = None,
+    args: Annotated[str, typer.Option(help="Positional arguments as a JSON list.")] = "[]",
+    kwargs: Annotated[str, typer.Option(help="Keyword arguments as a JSON object.")] = "{}",
+    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="Queue to send to.")] = None,
+    countdown: Annotated[float | None, typer.Option(help="Run no earlier than this many seconds.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 30.0,
+) -> None:
+    """Send a task by name and print its id (or its result with --wait)."""
+    app = load_app(app_option)
+    call_args, call_kwargs = _json_arg(args, "--args"), _json_arg(kwargs, "--kwargs")
+    if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
+        raise fail("--args takes a JSON list and --kwargs a JSON object")
+
+    async def go() -> None:
+        try:
+            result = await app.asend_task(name, call_args, call_kwargs, queue=queue, countdown=countdown)
+            typer.echo(result.id)
+            if wait:
+                typer.echo(json.dumps(await result.get(timeout=timeout)))
+        finally:
+            await app.aclose()
+
+    try:
+        run(go())
+    except (AiotqError, TypeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+
+
+@cli.command()
+def result(
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    app_option: AppOption = None,
+    wait: Annotated[float | None, typer.Option(help="Wait up to this many seconds for it.")] = None,
+) -> None:
+    """Print a task's state and result."""
+    app = load_app(app_option)
+
+    async def go() -> None:
+        try:
+            handle = app.AsyncResult(task_id)
+            if wait:
+                await handle.get(timeout=wait, propagate=False)
+            record = await handle.refresh()
+            if record is None:
+                typer.echo(json.dumps({"id": task_id, "state": "PENDING"}))
+                return
+            out: dict[str, Any] = {"id": task_id, "state": record.state}
+            if record.state == "SUCCESS":
+                out["result"] = record.result
+            elif record.exc_type:
+                out["error"] = f"{record.exc_type}: {record.exc_message}"
+                out["traceback"] = record.traceback
+            typer.echo(json.dumps(out))
+        finally:
+            await app.aclose()
+
+    try:
+        run(go())
+    except (AiotqError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+
+
+@cli.command()
+def purge(
+    app_option: AppOption = None,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
+) -> None:
+    """Delete every waiting message (ready and delayed) of the queues."""
+    app = load_app(app_option)
+    names = [q.strip() for q in (queues or app.conf.task_default_queue).split(",") if q.strip()]
+    if not force and not typer.confirm(f"Delete all messages of {', '.join(names)}?"):
+        raise typer.Exit(1)
+
+    async def go() -> None:
+        try:
+            for name in names:
+                typer.echo(f"{name}: purged {await app.broker.purge(name)} message(s)")
+        finally:
+            await app.aclose()
+
+    try:
+        run(go())
+    except AiotqError as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

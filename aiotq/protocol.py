@@ -1,0 +1,141 @@
+"""Wire messages as msgspec Structs, and the JSON / MessagePack codecs. Never pickle.
+
+A broker carries an opaque body plus a small string header map; the header
+`content-type` names the codec. `decode_message` either returns a `Message` or raises
+`MessageRejected` with the reason, nothing else (the decoder is fuzzed for it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from .exceptions import MessageRejected
+
+PROTOCOL_VERSION = 1
+CONTENT_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "msgpack": "application/x-msgpack",
+}
+SERIALIZER_OF = {v: k for k, v in CONTENT_TYPES.items()}
+# Content type a broker gives a body whose own framing it could not read.
+BROKEN_ENVELOPE = "application/x-aiotq-broken-envelope"
+
+State = Literal["PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+READY_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+class SignatureData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A task call as plain data (used by link / link_error callbacks and the canvas)."""
+
+    task: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    immutable: bool = False
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One task invocation. Times are absolute epoch seconds (`*_at_s`) or durations (`*_s`)."""
+
+    v: int = PROTOCOL_VERSION
+    id: str
+    task: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    retries: int = 0
+    eta_at_s: float | None = None
+    expires_at_s: float | None = None
+    time_limit_s: float | None = None
+    soft_time_limit_s: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    link: list[SignatureData] = msgspec.field(default_factory=list)
+    link_error: list[SignatureData] = msgspec.field(default_factory=list)
+    ignore_result: bool = False
+    priority: int | None = None
+    queue: str | None = None
+    routing_key: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ResultRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the backend keeps for a task id."""
+
+    task_id: str
+    state: State
+    result: Any = None
+    exc_type: str | None = None
+    exc_module: str | None = None
+    exc_message: str | None = None
+    traceback: str | None = None
+    date_done_s: float | None = None
+    retries: int = 0
+    task: str | None = None
+    parent_id: str | None = None
+
+
+class Codec:
+    """Encoder and decoders for one serializer; one instance per app, reused (no per-call setup)."""
+
+    def __init__(self, name: str) -> None:
+        if name not in CONTENT_TYPES:
+            raise ValueError(f"unknown serializer {name!r}; use one of {sorted(CONTENT_TYPES)}")
+        self.name = name
+        self.content_type = CONTENT_TYPES[name]
+        module: Any = msgspec.json if name == "json" else msgspec.msgpack
+        self._encoder = module.Encoder()
+        self._message_decoder = module.Decoder(Message)
+        self._record_decoder = module.Decoder(ResultRecord)
+        self._any_decoder = module.Decoder()
+
+    def encode(self, obj: Any) -> bytes:
+        return self._encoder.encode(obj)
+
+    def decode_message(self, body: bytes) -> Message:
+        return self._message_decoder.decode(body)
+
+    def decode_record(self, data: bytes) -> ResultRecord:
+        return self._record_decoder.decode(data)
+
+    def decode_any(self, data: bytes) -> Any:
+        return self._any_decoder.decode(data)
+
+
+CODECS: dict[str, Codec] = {name: Codec(name) for name in CONTENT_TYPES}
+
+
+def decode_message(body: bytes, content_type: str | None, accept: frozenset[str]) -> Message:
+    """Decode a task message, or raise `MessageRejected` naming the reason."""
+    serializer = SERIALIZER_OF.get(content_type or "")
+    if content_type == BROKEN_ENVELOPE:
+        raise MessageRejected("undecodable broker envelope (not written by aiotq?)")
+    if serializer is None:
+        raise MessageRejected(f"unknown content type {content_type!r}")
+    if serializer not in accept:
+        raise MessageRejected(f"content type {content_type!r} is not accepted (accept_content)")
+    try:
+        message = CODECS[serializer].decode_message(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageRejected(f"undecodable {serializer} message: {exc}") from None
+    except Exception as exc:  # a codec must not take the worker down on any input
+        raise MessageRejected(f"undecodable {serializer} message: {exc!r}") from None
+    if message.v != PROTOCOL_VERSION:
+        raise MessageRejected(f"unsupported protocol version {message.v}", message.id)
+    return message
+
+
+def decode_record(data: bytes) -> ResultRecord:
+    """Results are stored with their codec's first byte telling which: JSON starts with `{`."""
+    codec = CODECS["json"] if data[:1] == b"{" else CODECS["msgpack"]
+    return codec.decode_record(data)
+
+
+def encode_error_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return repr(exc)

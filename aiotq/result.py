@@ -1,0 +1,196 @@
+"""AsyncResult: the handle a send returns.
+
+In async code its methods are awaited (`await r.get(timeout=5)`); from sync code (no loop
+running in this thread) the same calls block and return values, as Celery's do. Properties
+(`state`, `result`, `traceback`...) fetch from sync code; in async code they show what the
+last awaited call fetched, so call `await r.refresh()` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._portal import in_running_loop
+from .exceptions import TaskError
+from .protocol import READY_STATES, ResultRecord, decode_record
+
+if TYPE_CHECKING:
+    from .app import App
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+# The Celery state names, importable as `aiotq.states.SUCCESS` etc.
+PENDING, RECEIVED, STARTED, RETRY = "PENDING", "RECEIVED", "STARTED", "RETRY"
+SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED})
+
+
+def rebuild_exception(record: ResultRecord) -> BaseException:
+    """The task's own exception type where importable here, else a TaskError."""
+    name = record.exc_type or "Exception"
+    message = record.exc_message or ""
+    try:
+        cls = getattr(importlib.import_module(record.exc_module or "builtins"), name)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            args = record.result if isinstance(record.result, list) else [message]
+            exc = cls(*args)
+            exc.__notes__ = [f"remote traceback:\n{record.traceback}"] if record.traceback else []
+            return exc
+    except Exception:
+        pass
+    return TaskError(f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback)
+
+
+class AsyncResult(Generic[R]):
+    def __init__(
+        self,
+        id: str,
+        app: App | None = None,
+        *,
+        task_name: str | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        if app is None:
+            raise TypeError("AsyncResult needs app=: aiotq keeps no global current app")
+        self.id = id
+        self.task_id = id
+        self.app = app
+        self.task_name = task_name
+        self.parent = parent
+        self._record: ResultRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Any:
+        """Awaitable in a running loop; otherwise run on the app's portal and return the value."""
+        if in_running_loop():
+            return coro
+        return self.app._portal.call(coro)
+
+    # -- waiting -------------------------------------------------------------------------
+    if TYPE_CHECKING:
+
+        async def get(self, timeout: float | None = None, propagate: bool = True) -> R: ...
+
+    else:
+
+        def get(self, timeout=None, propagate=True):
+            return self._run(self._get(timeout, propagate))
+
+    def wait(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Blocking get, typed for sync code. Not for use inside a running loop."""
+        if in_running_loop():
+            raise RuntimeError("AsyncResult.wait() blocks; in async code use `await r.get()`")
+        result: R = self.app._portal.call(self._get(timeout, propagate))
+        return result
+
+    async def _get(self, timeout: float | None, propagate: bool) -> R:
+        record = await self._wait_ready(timeout)
+        if record.state == SUCCESS:
+            value: R = record.result
+            return value
+        exc = rebuild_exception(record)
+        if propagate:
+            raise exc
+        return exc  # type: ignore[return-value]
+
+    async def _wait_ready(self, timeout: float | None) -> ResultRecord:
+        backend = await self.app._connected_backend()
+        try:
+            async with asyncio.timeout(timeout):
+                async for data in backend.watch(self.id):
+                    record = decode_record(data)
+                    self._record = record
+                    if record.state in READY_STATES:
+                        return record
+        except TimeoutError:
+            raise TimeoutError(
+                f"result of task {self.id} not ready after {timeout:g}s "
+                f"(state {self._record.state if self._record else PENDING})"
+            ) from None
+        raise AssertionError("watch() ended")  # pragma: no cover
+
+    # -- state ---------------------------------------------------------------------------
+    async def _refresh(self) -> ResultRecord | None:
+        backend = await self.app._connected_backend()
+        data = await backend.get(self.id)
+        self._record = decode_record(data) if data is not None else None
+        return self._record
+
+    def refresh(self) -> Awaitable[ResultRecord | None]:
+        return self._run(self._refresh())  # type: ignore[no-any-return]
+
+    async def _state_now(self) -> str:
+        record = await self._refresh()
+        return record.state if record else PENDING
+
+    def ready(self) -> Any:
+        return self._run(self._is(lambda state: state in READY_STATES))
+
+    def successful(self) -> Any:
+        return self._run(self._is(lambda state: state == SUCCESS))
+
+    def failed(self) -> Any:
+        return self._run(self._is(lambda state: state == FAILURE))
+
+    async def _is(self, test: Any) -> bool:
+        return bool(test(await self._state_now()))
+
+    def forget(self) -> Any:
+        async def forget() -> None:
+            backend = await self.app._connected_backend()
+            await backend.forget(self.id)
+            self._record = None
+
+        return self._run(forget())
+
+    def _current(self) -> ResultRecord | None:
+        if not in_running_loop():
+            return self.app._portal.call(self._refresh())  # type: ignore[no-any-return]
+        return self._record
+
+    @property
+    def state(self) -> str:
+        record = self._current()
+        return record.state if record else PENDING
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The value on success, the exception on failure, None before."""
+        record = self._current()
+        if record is None or record.state not in READY_STATES:
+            return None
+        return record.result if record.state == SUCCESS else rebuild_exception(record)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        record = self._current()
+        return record.traceback if record else None
+
+    @property
+    def date_done(self) -> datetime | None:
+        record = self._current()
+        if record is None or record.date_done_s is None:
+            return None
+        return datetime.fromtimestamp(record.date_done_s, UTC)
+
+    @property
+    def retries(self) -> int:
+        record = self._current()
+        return record.retries if record else 0

@@ -1,0 +1,235 @@
+"""Settings: one typed msgspec Struct, Celery's names accepted, validated on assignment.
+
+Units are in the names (`result_expires_s`); Celery's unit-less names are aliases.
+The environment (`AIOTQ_BROKER_URL`, `AIOTQ_RESULT_BACKEND`) is read once, when the
+settings are finalized (first send or worker start), never at import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from types import ModuleType
+from typing import Any, Literal
+
+import msgspec
+
+from .exceptions import ConfigurationError
+
+Serializer = Literal["json", "msgpack"]
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    broker_url: str | None = None
+    result_backend: str | None = None
+    task_serializer: Serializer = "json"
+    result_serializer: Serializer = "json"
+    accept_content: list[Serializer] = msgspec.field(default_factory=lambda: ["json", "msgpack"])
+    result_expires_s: float = 86400.0
+    task_default_queue: str = "default"
+    task_routes: Any = None
+    task_acks_late: bool = True
+    task_track_started: bool = False
+    task_ignore_result: bool = False
+    task_time_limit_s: float | None = None
+    task_soft_time_limit_s: float | None = None
+    task_default_priority: int | None = None
+    task_default_max_retries: int = 3
+    task_default_retry_delay_s: float = 180.0
+    task_always_eager: bool = False
+    worker_concurrency: int = 100
+    worker_prefetch_multiplier: int = 1
+    worker_threads: int = 10
+    worker_processes: int = 0  # 0: one per CPU
+    worker_shutdown_timeout_s: float = 30.0
+    worker_tick_interval_s: float = 0.25
+    broker_visibility_timeout_s: float = 60.0
+    broker_pool_size: int = 10
+    broker_connection_timeout_s: float = 5.0
+    broker_connection_retry_on_startup: bool = True
+    broker_publish_retry_s: float = 10.0
+    timezone: str = "UTC"
+    enable_utc: bool = True
+    beat_schedule: dict[str, Any] = msgspec.field(default_factory=dict)
+    imports: list[str] = msgspec.field(default_factory=list)
+    include: list[str] = msgspec.field(default_factory=list)
+
+
+FIELDS: dict[str, Any] = {
+    f.name: f.type for f in msgspec.structs.fields(Settings)  # name -> annotation
+}
+
+# Celery's names (new lowercase and old uppercase) and unit-less spellings.
+ALIASES: dict[str, str] = {
+    "broker": "broker_url",
+    "backend": "result_backend",
+    "result_expires": "result_expires_s",
+    "task_time_limit": "task_time_limit_s",
+    "task_soft_time_limit": "task_soft_time_limit_s",
+    "task_default_retry_delay": "task_default_retry_delay_s",
+    "worker_shutdown_timeout": "worker_shutdown_timeout_s",
+    "visibility_timeout": "broker_visibility_timeout_s",
+    "broker_visibility_timeout": "broker_visibility_timeout_s",
+    "broker_connection_timeout": "broker_connection_timeout_s",
+    "celery_result_backend": "result_backend",
+    "celery_task_serializer": "task_serializer",
+    "celery_result_serializer": "result_serializer",
+    "celery_accept_content": "accept_content",
+    "celery_task_result_expires": "result_expires_s",
+    "celery_routes": "task_routes",
+    "celery_default_queue": "task_default_queue",
+    "celery_acks_late": "task_acks_late",
+    "celery_track_started": "task_track_started",
+    "celery_ignore_result": "task_ignore_result",
+    "celery_always_eager": "task_always_eager",
+    "celery_timezone": "timezone",
+    "celery_enable_utc": "enable_utc",
+    "celery_imports": "imports",
+    "celery_include": "include",
+    "celerybeat_schedule": "beat_schedule",
+    "celeryd_concurrency": "worker_concurrency",
+    "celeryd_prefetch_multiplier": "worker_prefetch_multiplier",
+    "celeryd_task_time_limit": "task_time_limit_s",
+    "celeryd_task_soft_time_limit": "task_soft_time_limit_s",
+}
+
+ENVIRONMENT = {"AIOTQ_BROKER_URL": "broker_url", "AIOTQ_RESULT_BACKEND": "result_backend"}
+
+
+def canonical_name(key: str) -> str | None:
+    name = key.lower()
+    name = ALIASES.get(name, name)
+    return name if name in FIELDS else None
+
+
+def unknown_setting(key: str) -> ConfigurationError:
+    close = difflib.get_close_matches(key.lower(), [*FIELDS, *ALIASES], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigurationError(f"unknown setting {key!r}{hint}")
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if name in ("accept_content", "imports", "include") and isinstance(value, (tuple, set)):
+        return list(value)
+    return value
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Validate one value against its field's type; the error names the setting."""
+    value = _normalise(name, value)
+    if FIELDS[name] is Any:
+        return value
+    try:
+        return msgspec.convert(value, FIELDS[name], strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"setting {name!r}: {exc}") from None
+
+
+class Config:
+    """`app.conf`: attribute and mapping access, validated, frozen once the app starts."""
+
+    __slots__ = ("_frozen", "_settings")
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_settings", Settings())
+        object.__setattr__(self, "_frozen", False)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def __getattr__(self, key: str) -> Any:
+        name = canonical_name(key)
+        if name is None:
+            raise AttributeError(f"unknown setting {key!r}")
+        return getattr(self._settings, name)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    __getitem__ = __getattr__
+    __setitem__ = __setattr__
+
+    def update(self, values: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        pending: dict[str, Any] = {}
+        for key, value in {**(values or {}), **kw}.items():
+            name = canonical_name(key)
+            if name is None:
+                raise unknown_setting(key)
+            pending[name] = check_value(name, value)
+        if pending and self._frozen:
+            raise ConfigurationError(
+                f"settings are frozen once a worker or producer has started; "
+                f"set {', '.join(sorted(pending))} before the first send"
+            )
+        for name, value in pending.items():
+            setattr(self._settings, name, value)
+
+    def finalize(self) -> Settings:
+        """Apply the environment once and freeze. Idempotent."""
+        if not self._frozen:
+            env = {name: os.environ[var] for var, name in ENVIRONMENT.items() if os.environ.get(var)}
+            self.update(env)
+            object.__setattr__(self, "_frozen", True)
+        return self._settings
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+
+def settings_from_object(source: str | object, namespace: str | None = None) -> dict[str, Any]:
+    """Read settings from a module path (`"proj.celeryconfig"`, `"django.conf:settings"`),
+    an object or a dict.
+
+    With a namespace (`"AIOTQ"`, `"CELERY"`), only keys with that prefix are read, and an
+    unknown one is an error. Without one, a module's own constants are allowed beside the
+    settings, but a near-miss of a setting name (a typo) is an error.
+    """
+    obj = _load(source) if isinstance(source, str) else source
+    items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
+    strict_unknown = isinstance(obj, Mapping)
+    prefix = f"{namespace.upper().rstrip('_')}_" if namespace else None
+    found: dict[str, Any] = {}
+    for key, value in items:
+        if key.startswith("_") or isinstance(value, ModuleType) or inspect.isclass(value):
+            continue
+        if prefix is not None:
+            if not key.upper().startswith(prefix):
+                continue
+            key = key[len(prefix) :]
+            if canonical_name(key) is None:
+                raise unknown_setting(prefix + key)
+        elif canonical_name(key) is None:
+            if strict_unknown or _is_typo(key):
+                raise unknown_setting(key)
+            continue
+        found[key] = value
+    return found
+
+
+def _is_typo(key: str) -> bool:
+    if not (key.islower() or key.isupper()):
+        return False
+    return bool(difflib.get_close_matches(key.lower(), [*FIELDS, *ALIASES], n=1, cutoff=0.85))
+
+
+def _load(path: str) -> object:
+    module_name, _, attr = path.partition(":")
+    try:
+        module: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import settings module {module_name!r}: {exc}") from None
+    for part in filter(None, attr.split(".")):
+        module = getattr(module, part)
+    return module
+
+
+def iter_setting_names() -> Iterable[str]:
+    return FIELDS.keys()

@@ -1,0 +1,314 @@
+"""Running one delivery: decode, check, execute under limits, decide the outcome.
+
+The outcome (a result record to store and what to do with the delivery afterwards) goes to
+the result publisher, which stores first and acknowledges second: acks late by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..canvas import Signature
+from ..exceptions import MessageRejected, NotRegistered, Reject, Retry, TaskRevoked
+from ..protocol import CODECS, Message, ResultRecord, decode_message
+from ..task import Request, Task, current_request
+from .limits import RateLimiter, with_limits
+from .process import ProcessPool, error_info, pack_call, run_in_child, unpack_answer
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..brokers.base import Delivery
+
+log = logging.getLogger("aiotq.worker")
+
+
+class AckPolicy(enum.Enum):
+    """When a message is acknowledged. The default is the safe one."""
+
+    AFTER_RESULT_STORED = "after_result_stored"  # acks late: a crash means redelivery
+    ON_RECEIPT = "on_receipt"  # acks early: a crash loses the task (at-most-once)
+
+
+class Settle(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+    NONE = "none"  # already acknowledged on receipt
+
+
+@dataclass(slots=True)
+class Outcome:
+    task_id: str | None
+    data: bytes | None  # encoded ResultRecord to store, if any
+    delivery: Delivery | None
+    settle: Settle
+    reason: str | None = None
+
+
+class WorkerLost(Exception):
+    """The process running the task died (or was ended for another task's time limit)."""
+
+
+class RemoteError(Exception):
+    """A failure reported by a child process, carried as data."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info["message"])
+        self.info = info
+
+
+def failure_fields(exc: BaseException) -> dict[str, Any]:
+    info = exc.info if isinstance(exc, RemoteError) else error_info(exc)
+    return {
+        "exc_type": info["type"],
+        "exc_module": info["module"],
+        "exc_message": info["message"],
+        "traceback": info["traceback"],
+        "result": info["args"],
+    }
+
+
+class Executor:
+    def __init__(self, app: App, hostname: str, threads: int, processes: int) -> None:
+        self.app = app
+        self.settings = app.conf.settings
+        self.hostname = hostname
+        self.accept = frozenset(self.settings.accept_content)
+        self.result_codec = CODECS[self.settings.result_serializer]
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
+        self.processes = ProcessPool(processes)
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.processes.shutdown()
+
+    # -- the per-delivery path -----------------------------------------------------------
+    async def handle(self, delivery: Delivery) -> list[Outcome]:
+        try:
+            message = decode_message(delivery.body, delivery.headers.get("content-type"), self.accept)
+        except MessageRejected as exc:
+            log.error("Rejected message %s: %s", delivery.headers.get("id", "?"), exc.reason)
+            return [Outcome(None, None, delivery, Settle.DEAD_LETTER, exc.reason)]
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            reason = f"unknown task {message.task!r} (not registered in this worker)"
+            log.error("Rejected message %s: %s", message.id, reason)
+            record = self._failure(message, NotRegistered(reason))
+            return [Outcome(message.id, record, delivery, Settle.DEAD_LETTER, reason)]
+        label = f"{message.task}[{message.id}]"
+        log.info("Task %s received", label)
+        if message.expires_at_s is not None and time.time() > message.expires_at_s:
+            log.warning("Task %s expired; not run", label)
+            record = self._failure(message, TaskRevoked(f"task {label} expired"), state="REVOKED")
+            return [Outcome(message.id, record, delivery, Settle.ACK)]
+
+        policy = self._policy(task)
+        settle = Settle.ACK
+        if policy is AckPolicy.ON_RECEIPT:
+            await delivery.ack()
+            settle = Settle.NONE
+        if task.rate_per_s is not None:
+            await self._limiter(task).wait()
+        early: list[Outcome] = []
+        if self.settings.task_track_started and not self._ignore(task, message):
+            started = ResultRecord(task_id=message.id, state="STARTED", task=message.task)
+            early.append(Outcome(message.id, self.result_codec.encode(started), None, Settle.NONE))
+
+        request = self._request(message, delivery)
+        began = time.perf_counter()
+        try:
+            value = await self._execute(task, message, request)
+        except Retry as retry:
+            return [*early, await self._retry(task, message, retry, delivery, settle)]
+        except Reject as reject:
+            log.warning("Task %s rejected: %s", label, reject.reason)
+            how = Settle.REQUEUE if reject.requeue else Settle.DEAD_LETTER
+            return [*early, Outcome(message.id, None, delivery, how, reject.reason)]
+        except WorkerLost as lost:
+            log.error("Task %s lost its process (%s); returned to the queue", label, lost)
+            return [*early, Outcome(message.id, None, delivery, Settle.REQUEUE, str(lost))]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if task.autoretry_for and isinstance(_original(exc), task.autoretry_for):
+                limit = task.effective_max_retries
+                if limit is None or message.retries < limit:
+                    retry = Retry(exc, task.retry_delay_s(message.retries))
+                    return [*early, await self._retry(task, message, retry, delivery, settle)]
+            elapsed = time.perf_counter() - began
+            log.error("Task %s raised unexpected: %s: %s (after %.3fs)",
+                      label, _type_name(exc), exc, elapsed)  # fmt: skip
+            await self._send_links(message.link_error, (message.id, f"{_type_name(exc)}: {exc}"))
+            return [*early, Outcome(message.id, self._failure(message, exc), delivery, settle)]
+        elapsed = time.perf_counter() - began
+        data = self._success(task, message, value)
+        log.info("Task %s succeeded in %.6fs: %r", label, elapsed, value)
+        await self._send_links(message.link, (value,))
+        return [*early, Outcome(message.id, data, delivery, settle)]
+
+    def _policy(self, task: Task[Any, Any]) -> AckPolicy:
+        late = task.acks_late if task.acks_late is not None else self.settings.task_acks_late
+        return AckPolicy.AFTER_RESULT_STORED if late else AckPolicy.ON_RECEIPT
+
+    def _limiter(self, task: Task[Any, Any]) -> RateLimiter:
+        limiter = self._limiters.get(task.name)
+        if limiter is None:
+            assert task.rate_per_s is not None
+            limiter = self._limiters[task.name] = RateLimiter(task.rate_per_s)
+        return limiter
+
+    def _request(self, message: Message, delivery: Delivery) -> Request:
+        return Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            eta=message.eta_at_s,
+            expires=message.expires_at_s,
+            parent_id=message.parent_id,
+            root_id=message.root_id,
+            group_id=message.group_id,
+            delivery_info={
+                "queue": delivery.queue,
+                "routing_key": message.routing_key or delivery.queue,
+                "redelivered": delivery.redelivered,
+                "priority": message.priority,
+            },
+            hostname=self.hostname,
+            called_directly=False,
+            time_limit=message.time_limit_s,
+            soft_time_limit=message.soft_time_limit_s,
+            headers=message.headers,
+        )
+
+    async def _execute(self, task: Task[Any, Any], message: Message, request: Request) -> Any:
+        hard = message.time_limit_s or task.time_limit or self.settings.task_time_limit_s
+        soft = message.soft_time_limit_s or task.soft_time_limit or self.settings.task_soft_time_limit_s
+        token = current_request.set(request)
+        try:
+            if task.is_async:
+                return await with_limits(task(*message.args, **message.kwargs), hard, soft)
+            loop = asyncio.get_running_loop()
+            if task.executor == "thread":
+                call = contextvars.copy_context().run
+                future = loop.run_in_executor(self.threads, call, _call, task, message)
+                return await with_limits(future, hard)
+            payload = pack_call(message.args, message.kwargs, request)
+            module, qualname = task.fn.__module__, task.fn.__qualname__
+            try:
+                future = loop.run_in_executor(self.processes.executor, run_in_child, module, qualname, payload)
+                answer = unpack_answer(await with_limits(future, hard))
+            except BrokenProcessPool as exc:
+                self.processes.kill()
+                raise WorkerLost(f"process pool broke: {exc}") from None
+            except BaseException:
+                self.processes.kill()  # the hard limit (or a cold stop): end the process
+                raise
+            return _answer_value(answer)
+        finally:
+            current_request.reset(token)
+
+    async def _retry(
+        self, task: Task[Any, Any], message: Message, retry: Retry, delivery: Delivery, settle: Settle
+    ) -> Outcome:
+        """Send the task again as a delayed message (the worker does not sleep on it)."""
+        again = msgspec.structs.replace(
+            message,
+            retries=message.retries + 1,
+            eta_at_s=time.time() + retry.countdown_s,
+            args=list(retry.new_args) if retry.new_args is not None else message.args,
+            kwargs=retry.new_kwargs if retry.new_kwargs is not None else message.kwargs,
+        )
+        await self.app.publish_message(again)
+        reason = f"{_type_name(retry.exc)}: {retry.exc}" if retry.exc else "retry requested"
+        log.info("Task %s[%s] retry: Retry in %gs: %s", message.task, message.id, retry.countdown_s, reason)
+        record = ResultRecord(task_id=message.id, state="RETRY", retries=message.retries + 1, task=message.task)
+        if retry.exc is not None:
+            for key, value in failure_fields(retry.exc).items():
+                setattr(record, key, value)
+        return Outcome(message.id, self.result_codec.encode(record), delivery, settle)
+
+    def _ignore(self, task: Task[Any, Any], message: Message) -> bool:
+        if message.ignore_result:
+            return True
+        return bool(task.ignore_result if task.ignore_result is not None else self.settings.task_ignore_result)
+
+    def _success(self, task: Task[Any, Any], message: Message, value: Any) -> bytes | None:
+        if self._ignore(task, message):
+            return None
+        record = ResultRecord(
+            task_id=message.id, state="SUCCESS", result=value, date_done_s=time.time(),
+            retries=message.retries, task=message.task, parent_id=message.parent_id,
+        )  # fmt: skip
+        try:
+            return self.result_codec.encode(record)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            error = TypeError(
+                f"result of {message.task} ({type(value).__name__}) cannot be stored as "
+                f"{self.result_codec.name}: {exc}"
+            )
+            log.error("Task %s[%s] failed: %s", message.task, message.id, error)
+            return self._failure(message, error)
+
+    def _failure(self, message: Message, exc: BaseException, state: str = "FAILURE") -> bytes:
+        record = ResultRecord(
+            task_id=message.id, state=state,  # type: ignore[arg-type]
+            date_done_s=time.time(), retries=message.retries, task=message.task,
+            parent_id=message.parent_id, **failure_fields(exc),
+        )  # fmt: skip
+        return self.result_codec.encode(record)
+
+    async def _send_links(self, links: list[Any], args: tuple[Any, ...]) -> None:
+        for data in links:
+            try:
+                await Signature.from_data(data, self.app).aapply_async(args)
+            except Exception as exc:
+                log.error("could not send callback %s: %s", data.task, exc)
+
+
+def _call(task: Task[Any, Any], message: Message) -> Any:
+    return task(*message.args, **message.kwargs)
+
+
+def _answer_value(answer: dict[str, Any]) -> Any:
+    if "ok" in answer:
+        return answer["ok"]
+    if "retry" in answer:
+        exc = RemoteError(answer["exc"]) if answer.get("exc") else None
+        raise Retry(exc, float(answer["retry"]))
+    raise RemoteError(answer["error"])
+
+
+def _original(exc: BaseException) -> BaseException:
+    """The exception a child process raised, rebuilt where its type is importable."""
+    if not isinstance(exc, RemoteError):
+        return exc
+    from ..protocol import ResultRecord as _Record
+    from ..result import rebuild_exception
+
+    info = exc.info
+    record = _Record(
+        task_id="", state="FAILURE", exc_type=info["type"], exc_module=info["module"],
+        exc_message=info["message"], result=info["args"], traceback=info["traceback"],
+    )  # fmt: skip
+    rebuilt = rebuild_exception(record)
+    return exc if type(rebuilt).__name__ == "TaskError" else rebuilt
+
+
+def _type_name(exc: BaseException | None) -> str:
+    if isinstance(exc, RemoteError):
+        return str(exc.info["type"])
+    return type(exc).__name__
+

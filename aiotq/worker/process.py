@@ -1,0 +1,106 @@
+"""The process executor for CPU-bound sync tasks.
+
+Only bytes and strings cross the process boundary: arguments, the request and the outcome
+are msgpack-encoded here, so no user object is ever pickled. The child imports the task's
+module and finds the task by its qualified name (so process tasks are module-level).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import msgspec
+
+from ..exceptions import Retry
+from ..task import Request, current_request
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    return {
+        "module": type(exc).__module__,
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "args": _encodable_args(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _encodable_args(exc: BaseException) -> list[Any] | None:
+    try:
+        _encode(list(exc.args))
+    except Exception:
+        return None
+    return list(exc.args)
+
+
+def run_in_child(module: str, qualname: str, payload: bytes) -> bytes:
+    """Entry point in the child process."""
+    args, kwargs, request = _decode(payload)
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    token = current_request.set(Request(**request, called_directly=False))
+    try:
+        value = target(*args, **kwargs)  # a Task passes itself first when bound
+        return _encode({"ok": value})
+    except Retry as retry:
+        info = error_info(retry.exc) if retry.exc is not None else None
+        return _encode({"retry": retry.countdown_s, "exc": info})
+    except BaseException as exc:
+        return _encode({"error": error_info(exc)})
+    finally:
+        current_request.reset(token)
+
+
+def pack_call(args: list[Any], kwargs: dict[str, Any], request: Request) -> bytes:
+    fields = {
+        "id": request.id,
+        "task": request.task,
+        "args": request.args,
+        "kwargs": request.kwargs,
+        "retries": request.retries,
+        "parent_id": request.parent_id,
+        "root_id": request.root_id,
+        "hostname": request.hostname,
+    }
+    return _encode([args, kwargs, fields])
+
+
+def unpack_answer(data: bytes) -> dict[str, Any]:
+    answer: dict[str, Any] = _decode(data)
+    return answer
+
+
+class ProcessPool:
+    """A spawn-context pool that can be torn down when a task hits its hard time limit."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._size, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def kill(self) -> None:
+        """End every child now (a hard time limit): tasks sharing the pool are redelivered."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

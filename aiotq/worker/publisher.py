@@ -1,0 +1,83 @@
+"""The result publisher: stores results in batches, then settles their deliveries.
+
+Runners hand outcomes over through a bounded queue (backpressure, not unbounded memory).
+Everything that finished together is written in one backend round trip, and a message is
+acknowledged only after its result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..backends.base import Backend
+from ..exceptions import BackendConnectionError, BrokerConnectionError
+from .execute import Outcome, Settle
+
+log = logging.getLogger("aiotq.worker")
+
+_STOP = object()
+MAX_BATCH = 512
+
+
+class ResultPublisher:
+    def __init__(self, backend: Backend, ttl_s: float, capacity: int) -> None:
+        self._backend = backend
+        self._ttl_s = ttl_s
+        self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue(capacity)
+
+    async def submit(self, outcome: Outcome) -> None:
+        await self._queue.put(outcome)
+
+    async def close(self) -> None:
+        """Finish what was submitted, then stop `run()`."""
+        await self._queue.put(_STOP)
+
+    async def run(self) -> None:
+        while True:
+            batch: list[Outcome] = []
+            item = await self._queue.get()
+            stop = item is _STOP
+            if not stop:
+                batch.append(item)  # type: ignore[arg-type]
+            while not stop and len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                await self._publish(batch)
+            if stop:
+                return
+
+    async def _publish(self, batch: list[Outcome]) -> None:
+        records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
+        if records:
+            await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")  # type: ignore[arg-type]
+        for outcome in batch:
+            delivery = outcome.delivery
+            if delivery is None or outcome.settle is Settle.NONE:
+                continue
+            if outcome.settle is Settle.ACK:
+                await _retrying(delivery.ack, "acknowledge")
+            else:
+                requeue = outcome.settle is Settle.REQUEUE
+                await _retrying(lambda d=delivery, r=requeue, why=outcome.reason: d.reject(r, why), "reject")
+
+
+async def _retrying(operation, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Connection errors are retried with backoff (the message is not lost meanwhile: it
+    stays unacknowledged); anything else is logged and given up."""
+    delay = 0.05
+    while True:
+        try:
+            await operation()
+            return
+        except (BackendConnectionError, BrokerConnectionError) as exc:
+            log.warning("could not %s (%s); retrying in %.2fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        except Exception as exc:
+            log.error("could not %s: %r", what, exc)
+            return

@@ -1,0 +1,206 @@
+"""The worker: one event loop, one TaskGroup of named coroutines.
+
+    consumer ──► runner tasks (at most `concurrency` in flight) ──► result publisher
+    scheduler tick: broker upkeep (due delayed messages, leases)
+
+Signals only set events. Shutdown is one ordered path: stop fetching (what was fetched and
+not started goes back), let in-flight tasks finish up to the shutdown timeout (a second
+signal means now), cancel the rest (their messages go back), flush results, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..exceptions import AiotqError, BrokerConnectionError
+from ..urls import mask_password
+from .execute import Executor, Outcome, Settle
+from .publisher import ResultPublisher
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..brokers.base import Delivery
+
+log = logging.getLogger("aiotq.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        prefetch_multiplier: int | None = None,
+        threads: int | None = None,
+        processes: int | None = None,
+        shutdown_timeout_s: float | None = None,
+        hostname: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.app = app
+        settings = app.finalize()
+        self.queues = list(queues or [settings.task_default_queue])
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.prefetch = self.concurrency * (prefetch_multiplier or settings.worker_prefetch_multiplier)
+        self.threads = threads or settings.worker_threads
+        self.processes = processes or settings.worker_processes or os.cpu_count() or 1
+        self.shutdown_timeout_s = (
+            shutdown_timeout_s if shutdown_timeout_s is not None else settings.worker_shutdown_timeout_s
+        )
+        self.hostname = hostname or f"aiotq@{socket.gethostname()}"
+        self.handle_signals = handle_signals
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._cold = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    # -- control -----------------------------------------------------------------------
+    def stop(self, cold: bool = False) -> None:
+        """Warm stop (finish in-flight work); `cold=True` cancels it at once."""
+        if cold or self._stop.is_set():
+            self._cold.set()
+        self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: cold shutdown, cancelling in-flight tasks", signal.Signals(signum).name)
+        else:
+            log.warning("%s: warm shutdown (finishing %d task(s); again to stop now)",
+                        signal.Signals(signum).name, len(self._inflight))  # fmt: skip
+        self.stop()
+
+    # -- the run -----------------------------------------------------------------------
+    async def run(self) -> None:
+        settings = self.app.conf.settings
+        broker, backend = self.app.broker, self.app.backend
+        await self._connect(broker, settings.broker_connection_retry_on_startup)
+        await backend.connect()
+        executor = Executor(self.app, self.hostname, self.threads, self.processes)
+        publisher = ResultPublisher(backend, settings.result_expires_s, capacity=self.prefetch)
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        self._log_banner()
+        try:
+            async with asyncio.TaskGroup() as group:
+                publishing = group.create_task(publisher.run(), name="result-publisher")
+                ticking = group.create_task(self._tick(), name="scheduler-tick")
+                await broker.declare(self.queues)
+                consumer = group.create_task(self._consume(executor, publisher), name="consumer")
+                self.ready.set()
+                log.info("%s ready.", self.hostname)
+                await self._stop.wait()
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+                await self._finish_inflight()
+                await publisher.close()
+                await publishing
+                ticking.cancel()
+        finally:
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            executor.close()
+            await self.app.aclose()
+            log.info("%s stopped.", self.hostname)
+
+    async def _connect(self, broker: Any, retry: bool) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await broker.connect()
+                log.info("Connected to %s", mask_password(broker.url))
+                return
+            except BrokerConnectionError as exc:
+                if not retry or self._stop.is_set():
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _consume(self, executor: Executor, publisher: ResultPublisher) -> None:
+        async for delivery in self.app.broker.consume(self.queues, self.prefetch):
+            await self._slots.acquire()
+            runner = asyncio.create_task(self._run_one(executor, publisher, delivery))
+            self._inflight.add(runner)
+            runner.add_done_callback(self._inflight.discard)
+
+    async def _run_one(self, executor: Executor, publisher: ResultPublisher, delivery: Delivery) -> None:
+        try:
+            outcomes = await executor.handle(delivery)
+        except asyncio.CancelledError:
+            # cold stop: the message goes back to the broker before we let go
+            with contextlib.suppress(Exception):
+                await asyncio.shield(delivery.reject(requeue=True, reason="worker stopped"))
+            raise
+        except Exception as exc:  # a bug of ours must not lose the message or kill the loop
+            log.exception("internal error running a message; returning it to the queue")
+            outcomes = [Outcome(None, None, delivery, Settle.REQUEUE, f"internal error: {exc!r}")]
+        finally:
+            self._slots.release()
+        for outcome in outcomes:
+            await publisher.submit(outcome)
+
+    async def _finish_inflight(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout_s
+        while self._inflight and not self._cold.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("shutdown timeout: cancelling %d task(s)", len(self._inflight))
+                break
+            cold = asyncio.ensure_future(self._cold.wait())
+            try:
+                await asyncio.wait([*self._inflight, cold], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                cold.cancel()
+        pending = list(self._inflight)
+        for runner in pending:
+            runner.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _tick(self) -> None:
+        interval = self.app.conf.settings.worker_tick_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.app.broker.tick()
+            except AiotqError as exc:
+                log.warning("scheduler tick failed: %s", exc)
+            next_at += interval  # drift-free: the next tick is due on the grid, not after the work
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    def _log_banner(self) -> None:
+        settings = self.app.conf.settings
+        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        queues = "\n".join(f".> {q}" for q in self.queues)
+        broker_url = mask_password(self.app.broker.url)
+        backend_url = mask_password(self.app.backend.url)
+        log.info(
+            "\n -------------- %s v%s\n"
+            "--- ***** ----- [config]\n"
+            ".> app:         %s\n"
+            ".> transport:   %s\n"
+            ".> results:     %s\n"
+            ".> concurrency: %d (asyncio; prefetch %d, threads %d, processes %d)\n"
+            ".> serializer:  %s (accept %s)\n"
+            " -------------- [queues]\n%s\n\n[tasks]\n%s\n",
+            self.hostname, __version__, self.app.main, broker_url, backend_url,
+            self.concurrency, self.prefetch, self.threads, self.processes,
+            settings.task_serializer, ", ".join(settings.accept_content), queues, tasks,
+        )  # fmt: skip
