@@ -1,13 +1,13 @@
 """aiotq: an asyncio-native distributed job runtime with Celery's model.
 
-    from aiotq import App
-    tq = App("sms", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
+from aiotq import App
+tq = App("sms", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
 
-    @tq.task(max_retries=3, retry_backoff=True)
-    async def send_sms(phone: str, text: str) -> str: ...
+@tq.task(max_retries=3, retry_backoff=True)
+async def send_sms(phone: str, text: str) -> str: ...
 
-    result = await send_sms.send("+15550100", "hi")    # async code
-    send_sms.delay("+15550100", "hi").get(timeout=5)   # sync code
+result = await send_sms.send("+15550100", "hi")    # async code
+send_sms.delay("+15550100", "hi").get(timeout=5)   # sync code
 """
 
 __version__ = "0.1.0"

@@ -39,7 +39,9 @@ class Portal:
                     loop.call_soon(ready.set)
                     loop.run_forever()
 
-                self._thread = threading.Thread(target=run, name=f"aiotq-portal-{self._name}", daemon=True)
+                self._thread = threading.Thread(
+                    target=run, name=f"aiotq-portal-{self._name}", daemon=True
+                )
                 self._thread.start()
                 ready.wait()
                 self._loop = loop

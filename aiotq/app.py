@@ -81,7 +81,11 @@ class App:
         self.conf = Config()
         self.tasks: dict[str, Task[Any, Any]] = {}
         updates = dict(settings)
-        for key, value in (("broker_url", broker), ("result_backend", backend), ("include", include)):
+        for key, value in (
+            ("broker_url", broker),
+            ("result_backend", backend),
+            ("include", include),
+        ):
             if value is not None:
                 updates[key] = list(value) if key == "include" else value
         self.conf.update(updates)
@@ -179,10 +183,16 @@ class App:
 
         return register(fn) if fn is not None else register
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
 
-    def signature(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
         return Signature(name, args, kwargs, options=options, app=self)
 
     # -- sending ---------------------------------------------------------------------------
@@ -270,7 +280,9 @@ class App:
         if message.priority is not None:
             headers["priority"] = str(message.priority)
         assert message.queue is not None
-        await self.broker.publish(message.queue, body, headers, delay_s=delay_s, priority=message.priority)
+        await self.broker.publish(
+            message.queue, body, headers, delay_s=delay_s, priority=message.priority
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -315,7 +327,8 @@ def _encode_error(message: Message, serializer: str, exc: Exception) -> TypeErro
             encode(value)
         except Exception as inner:
             return TypeError(
-                f"{label} of {message.task} ({type(value).__name__}) cannot be sent as {serializer}: {inner}"
+                f"{label} of {message.task} ({type(value).__name__}) "
+                f"cannot be sent as {serializer}: {inner}"
             )
     return TypeError(f"message for {message.task} cannot be encoded as {serializer}: {exc}")
 

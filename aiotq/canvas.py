@@ -53,7 +53,14 @@ class Signature:
 
     @classmethod
     def from_data(cls, data: SignatureData, app: App) -> Signature:
-        return cls(data.task, data.args, data.kwargs, options=data.options, immutable=data.immutable, app=app)
+        return cls(
+            data.task,
+            data.args,
+            data.kwargs,
+            options=data.options,
+            immutable=data.immutable,
+            app=app,
+        )
 
     def _app(self) -> App:
         if self.app is None:
@@ -66,7 +73,7 @@ class Signature:
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult[Any]:
-        """Send it; extra args are prepended (a parent's result) unless the signature is immutable."""
+        """Send it; extra args (a parent's result) are prepended unless it is immutable."""
         call_args = self.args if self.immutable else (*args, *self.args)
         call_kwargs = self.kwargs if self.immutable else {**self.kwargs, **(kwargs or {})}
         app = self._app()

@@ -24,7 +24,9 @@ cli = typer.Typer(
 
 AppOption = Annotated[
     str | None,
-    typer.Option("--app", "-A", help="The app as module:attribute, e.g. proj.app:tq.", show_default=False),
+    typer.Option(
+        "--app", "-A", help="The app as module:attribute, e.g. proj.app:tq.", show_default=False
+    ),
 ]
 
 
@@ -73,7 +75,10 @@ def version_callback(value: bool) -> None:
 @cli.callback()
 def main_options(
     version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     pass
@@ -81,18 +86,32 @@ def main_options(
 
 @cli.command()
 def worker(
-    app_path: Annotated[str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")] = None,
+    app_path: Annotated[
+        str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")
+    ] = None,
     app_option: AppOption = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Tasks in flight at once.")] = None,
-    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")] = "info",
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", help="Tasks in flight at once.")
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")
+    ] = "info",
     threads: Annotated[int | None, typer.Option(help="Thread pool size for sync tasks.")] = None,
-    processes: Annotated[int | None, typer.Option(help="Process pool size for executor='process' tasks.")] = None,
-    prefetch_multiplier: Annotated[int | None, typer.Option(help="Prefetch = concurrency x this.")] = None,
+    processes: Annotated[
+        int | None, typer.Option(help="Process pool size for executor='process' tasks.")
+    ] = None,
+    prefetch_multiplier: Annotated[
+        int | None, typer.Option(help="Prefetch = concurrency x this.")
+    ] = None,
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="Seconds a warm shutdown waits for in-flight tasks.")
     ] = None,
-    hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Name shown in logs.")] = None,
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", "-n", help="Name shown in logs.")
+    ] = None,
 ) -> None:
     """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
     setup_logging(loglevel)
@@ -126,7 +145,9 @@ def send(
     args: Annotated[str, typer.Option(help="Positional arguments as a JSON list.")] = "[]",
     kwargs: Annotated[str, typer.Option(help="Keyword arguments as a JSON object.")] = "{}",
     queue: Annotated[str | None, typer.Option("--queue", "-Q", help="Queue to send to.")] = None,
-    countdown: Annotated[float | None, typer.Option(help="Run no earlier than this many seconds.")] = None,
+    countdown: Annotated[
+        float | None, typer.Option(help="Run no earlier than this many seconds.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 30.0,
 ) -> None:
@@ -138,7 +159,9 @@ def send(
 
     async def go() -> None:
         try:
-            result = await app.asend_task(name, call_args, call_kwargs, queue=queue, countdown=countdown)
+            result = await app.asend_task(
+                name, call_args, call_kwargs, queue=queue, countdown=countdown
+            )
             typer.echo(result.id)
             if wait:
                 typer.echo(json.dumps(await result.get(timeout=timeout)))
@@ -188,7 +211,9 @@ def result(
 @cli.command()
 def purge(
     app_option: AppOption = None,
-    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")] = None,
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
 ) -> None:
     """Delete every waiting message (ready and delayed) of the queues."""

@@ -101,7 +101,9 @@ class Retry(AiotqError):
         args: tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(f"retry in {countdown_s:g}s: {exc!r}" if exc else f"retry in {countdown_s:g}s")
+        super().__init__(
+            f"retry in {countdown_s:g}s: {exc!r}" if exc else f"retry in {countdown_s:g}s"
+        )
         self.exc = exc
         self.countdown_s = countdown_s
         self.new_args = args

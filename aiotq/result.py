@@ -43,7 +43,9 @@ def rebuild_exception(record: ResultRecord) -> BaseException:
             return exc
     except Exception:
         pass
-    return TaskError(f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback)
+    return TaskError(
+        f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback
+    )
 
 
 class AsyncResult(Generic[R]):
@@ -81,8 +83,8 @@ class AsyncResult(Generic[R]):
 
     # -- waiting -------------------------------------------------------------------------
     if TYPE_CHECKING:
-
-        async def get(self, timeout: float | None = None, propagate: bool = True) -> R: ...
+        # Celery's signature, kept on purpose
+        async def get(self, timeout: float | None = None, propagate: bool = True) -> R: ...  # noqa: ASYNC109
 
     else:
 
@@ -96,8 +98,8 @@ class AsyncResult(Generic[R]):
         result: R = self.app._portal.call(self._get(timeout, propagate))
         return result
 
-    async def _get(self, timeout: float | None, propagate: bool) -> R:
-        record = await self._wait_ready(timeout)
+    async def _get(self, limit_s: float | None, propagate: bool) -> R:
+        record = await self._wait_ready(limit_s)
         if record.state == SUCCESS:
             value: R = record.result
             return value
@@ -106,10 +108,10 @@ class AsyncResult(Generic[R]):
             raise exc
         return exc  # type: ignore[return-value]
 
-    async def _wait_ready(self, timeout: float | None) -> ResultRecord:
+    async def _wait_ready(self, limit_s: float | None) -> ResultRecord:
         backend = await self.app._connected_backend()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit_s):
                 async for data in backend.watch(self.id):
                     record = decode_record(data)
                     self._record = record
@@ -117,7 +119,7 @@ class AsyncResult(Generic[R]):
                         return record
         except TimeoutError:
             raise TimeoutError(
-                f"result of task {self.id} not ready after {timeout:g}s "
+                f"result of task {self.id} not ready after {limit_s:g}s "
                 f"(state {self._record.state if self._record else PENDING})"
             ) from None
         raise AssertionError("watch() ended")  # pragma: no cover

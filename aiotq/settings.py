@@ -60,7 +60,8 @@ class Settings(msgspec.Struct, kw_only=True):
 
 
 FIELDS: dict[str, Any] = {
-    f.name: f.type for f in msgspec.structs.fields(Settings)  # name -> annotation
+    f.name: f.type
+    for f in msgspec.structs.fields(Settings)  # name -> annotation
 }
 
 # Celery's names (new lowercase and old uppercase) and unit-less spellings.
@@ -174,7 +175,9 @@ class Config:
     def finalize(self) -> Settings:
         """Apply the environment once and freeze. Idempotent."""
         if not self._frozen:
-            env = {name: os.environ[var] for var, name in ENVIRONMENT.items() if os.environ.get(var)}
+            env = {
+                name: os.environ[var] for var, name in ENVIRONMENT.items() if os.environ.get(var)
+            }
             self.update(env)
             object.__setattr__(self, "_frozen", True)
         return self._settings

@@ -99,13 +99,17 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.executor: Executor = executor or ("inline" if self.is_async else "thread")
         if self.is_async and self.executor != "inline":
-            raise ConfigurationError(f"task {self.name}: async tasks run inline, not in a {executor}")
+            raise ConfigurationError(
+                f"task {self.name}: async tasks run inline, not in a {executor}"
+            )
         if not self.is_async and self.executor == "inline":
             raise ConfigurationError(
                 f"task {self.name}: a sync task would block the loop inline; use thread or process"
             )
         if self.executor == "process" and "<locals>" in fn.__qualname__:
-            raise ConfigurationError(f"task {self.name}: process tasks must be module-level functions")
+            raise ConfigurationError(
+                f"task {self.name}: process tasks must be module-level functions"
+            )
         self.queue = queue
         retry_kwargs = retry_kwargs or {}
         self.max_retries = retry_kwargs.get("max_retries", max_retries)
@@ -178,7 +182,9 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """The awaitable apply_async, for async code that needs options."""
-        return await self.app._send(self.name, tuple(args or ()), dict(kwargs or {}), options, task=self)
+        return await self.app._send(
+            self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
+        )
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         from .canvas import Signature
@@ -190,12 +196,14 @@ class Task(Generic[P, R]):
 
         return Signature(self.name, args, kwargs, app=self.app, immutable=True)
 
-    def signature(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+    def signature(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
         from .canvas import Signature
 
         return Signature(self.name, tuple(args), kwargs or {}, options=options, app=self.app)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from .result import AsyncResult
 
         return AsyncResult(task_id, self.app, task_name=self.name)
@@ -241,7 +249,7 @@ class Task(Generic[P, R]):
         return self.app.conf.settings.task_default_max_retries
 
     def retry_delay_s(self, retries: int) -> float:
-        """Exponential backoff with full jitter when `retry_backoff` is set, else the fixed delay."""
+        """Exponential backoff with full jitter if `retry_backoff`, else the fixed delay."""
         if self.retry_backoff:
             factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
             delay = min(self.retry_backoff_max, factor * (2**retries))

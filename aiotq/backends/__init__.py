@@ -22,7 +22,9 @@ def _redis(url: str, settings: Settings, broker: Broker) -> Any:
     from .redis import RedisBackend
 
     return RedisBackend(
-        url, pool_size=settings.broker_pool_size, connect_timeout_s=settings.broker_connection_timeout_s
+        url,
+        pool_size=settings.broker_pool_size,
+        connect_timeout_s=settings.broker_connection_timeout_s,
     )
 
 

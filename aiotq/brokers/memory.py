@@ -41,6 +41,7 @@ class MemoryDelivery:
             return False
         self._settled = True
         self._consumer.unacked.discard(self)
+        self._broker._unacked.discard(self)
         self._broker._wake_all()
         return True
 
@@ -61,12 +62,15 @@ class MemoryBroker:
         self._delayed: list[tuple[float, int, str, int, Item]] = []
         self._dead: dict[str, list[tuple[bytes, str]]] = {}
         self._consumers: set[_Consumer] = set()
+        self._unacked: set[MemoryDelivery] = set()
 
     async def connect(self) -> None:
         return None
 
     async def aclose(self) -> None:
-        return None
+        """Like an AMQP channel closing: every unacknowledged delivery goes back."""
+        for delivery in list(self._unacked):
+            await delivery.reject(requeue=True)
 
     async def declare(self, queues: Sequence[str]) -> None:
         with self._lock:
@@ -142,9 +146,9 @@ class MemoryBroker:
                 finally:
                     consumer.waiter = None
         finally:
+            # Deliveries already handed out stay valid: the caller settles them (a warm
+            # shutdown lets them finish); aclose() returns whatever is left unsettled.
             self._consumers.discard(consumer)
-            for delivery in list(consumer.unacked):
-                await delivery.reject(requeue=True)
 
     def _take(
         self,
@@ -164,6 +168,7 @@ class MemoryBroker:
                     _, _, (body, headers, redelivered) = heapq.heappop(ready)
                     delivery = MemoryDelivery(body, headers, queue, redelivered, self, consumer)
                     consumer.unacked.add(delivery)
+                    self._unacked.add(delivery)
                     return delivery, None
             return None, wait_s
 

@@ -22,7 +22,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,21 +92,27 @@ class RedisDelivery:
 
 
 class _Consumer:
-    """Bookkeeping of one consume() call: its name, held messages and free prefetch slots."""
+    """Bookkeeping of one consume() call: its name and the messages it holds (read and not
+    yet settled), which prefetch bounds and whose leases the tick refreshes."""
 
     def __init__(self, broker: RedisBroker, prefetch: int) -> None:
         self.broker = broker
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.held: dict[bytes, RedisDelivery] = {}
-        self.slots = asyncio.Semaphore(prefetch)
         self.prefetch = prefetch
+        self.slot_freed = asyncio.Event()
 
     def release(self, delivery: RedisDelivery) -> None:
         if self.held.pop(delivery.entry_id, None) is not None:
-            self.slots.release()
+            self.slot_freed.set()
 
     def free_slots(self) -> int:
         return self.prefetch - len(self.held)
+
+    async def wait_for_slot(self) -> None:
+        while self.free_slots() <= 0:
+            self.slot_freed.clear()
+            await self.slot_freed.wait()
 
 
 class RedisBroker:
@@ -134,6 +141,9 @@ class RedisBroker:
             await self._clients.get().ping()
 
     async def aclose(self) -> None:
+        """Return what this process still holds on the current loop, then disconnect."""
+        for consumer in list(self._consumers):
+            await self._return(consumer.held.values())
         await self._clients.aclose()
 
     async def declare(self, queues: Sequence[str]) -> None:
@@ -187,30 +197,32 @@ class RedisBroker:
         reader = self._clients.dedicated()
         streams = [keys(q)[0] for q in queues]
         queue_of = {s.encode(): q for s, q in zip(streams, queues, strict=True)}
+        fetched: deque[RedisDelivery] = deque()  # read, not yet handed out
         backoff = 0.1
         try:
             while True:
-                await consumer.slots.acquire()  # wait for one free slot, then read up to all free
-                consumer.slots.release()
-                try:
-                    entries = await self._read(reader, consumer, streams)
-                    backoff = 0.1
-                except CONNECTION_ERRORS as exc:
-                    log.warning("redis connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                for stream, entry_id, fields, redelivered in entries:
-                    delivery = self._delivery(consumer, queue_of[stream], entry_id, fields)
-                    if delivery is None:
+                if not fetched:
+                    await consumer.wait_for_slot()
+                    try:
+                        entries = await self._read(reader, consumer, streams)
+                        backoff = 0.1
+                    except CONNECTION_ERRORS as exc:
+                        log.warning("redis connection lost (%s); retrying in %.1fs", exc, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
                         continue
-                    delivery.redelivered = redelivered
-                    await consumer.slots.acquire()
-                    consumer.held[entry_id] = delivery
-                    yield delivery
+                    for stream, entry_id, fields, redelivered in entries:
+                        delivery = self._delivery(consumer, queue_of[stream], entry_id, fields)
+                        delivery.redelivered = redelivered
+                        consumer.held[entry_id] = delivery
+                        fetched.append(delivery)
+                    continue
+                yield fetched.popleft()
         finally:
+            # Handed-out deliveries stay valid (a warm shutdown lets them finish); what was
+            # read but never handed out goes back now rather than after the visibility timeout.
             self._consumers.discard(consumer)
-            await self._return_held(consumer)
+            await self._return(fetched)
             await reader.aclose()
             await reader.connection_pool.disconnect()
 
@@ -246,7 +258,7 @@ class RedisBroker:
 
     def _delivery(
         self, consumer: _Consumer, queue: str, entry_id: bytes, fields: dict[bytes, bytes]
-    ) -> RedisDelivery | None:
+    ) -> RedisDelivery:
         envelope = fields.get(b"e", b"")
         try:
             headers, body = _decode_envelope(envelope)
@@ -268,12 +280,19 @@ class RedisBroker:
         target, extra = (stream, []) if requeue else (dead, ["reason", reason])
         async with translated(self.url, BrokerConnectionError):
             await self._clients.get().eval(
-                SETTLE, 2, stream, target, delivery.entry_id, delivery.envelope, GROUP, 100_000,
+                SETTLE,
+                2,
+                stream,
+                target,
+                delivery.entry_id,
+                delivery.envelope,
+                GROUP,
+                100_000,
                 *extra,
             )
 
-    async def _return_held(self, consumer: _Consumer) -> None:
-        for delivery in list(consumer.held.values()):
+    async def _return(self, deliveries: Iterable[RedisDelivery]) -> None:
+        for delivery in list(deliveries):
             try:
                 await delivery.reject(requeue=True)
             except BrokerConnectionError:

@@ -96,7 +96,9 @@ class Executor:
     # -- the per-delivery path -----------------------------------------------------------
     async def handle(self, delivery: Delivery) -> list[Outcome]:
         try:
-            message = decode_message(delivery.body, delivery.headers.get("content-type"), self.accept)
+            message = decode_message(
+                delivery.body, delivery.headers.get("content-type"), self.accept
+            )
         except MessageRejected as exc:
             log.error("Rejected message %s: %s", delivery.headers.get("id", "?"), exc.reason)
             return [Outcome(None, None, delivery, Settle.DEAD_LETTER, exc.reason)]
@@ -195,7 +197,11 @@ class Executor:
 
     async def _execute(self, task: Task[Any, Any], message: Message, request: Request) -> Any:
         hard = message.time_limit_s or task.time_limit or self.settings.task_time_limit_s
-        soft = message.soft_time_limit_s or task.soft_time_limit or self.settings.task_soft_time_limit_s
+        soft = (
+            message.soft_time_limit_s
+            or task.soft_time_limit
+            or self.settings.task_soft_time_limit_s
+        )
         token = current_request.set(request)
         try:
             if task.is_async:
@@ -208,7 +214,9 @@ class Executor:
             payload = pack_call(message.args, message.kwargs, request)
             module, qualname = task.fn.__module__, task.fn.__qualname__
             try:
-                future = loop.run_in_executor(self.processes.executor, run_in_child, module, qualname, payload)
+                future = loop.run_in_executor(
+                    self.processes.executor, run_in_child, module, qualname, payload
+                )
                 answer = unpack_answer(await with_limits(future, hard))
             except BrokenProcessPool as exc:
                 self.processes.kill()
@@ -221,7 +229,12 @@ class Executor:
             current_request.reset(token)
 
     async def _retry(
-        self, task: Task[Any, Any], message: Message, retry: Retry, delivery: Delivery, settle: Settle
+        self,
+        task: Task[Any, Any],
+        message: Message,
+        retry: Retry,
+        delivery: Delivery,
+        settle: Settle,
     ) -> Outcome:
         """Send the task again as a delayed message (the worker does not sleep on it)."""
         again = msgspec.structs.replace(
@@ -233,8 +246,16 @@ class Executor:
         )
         await self.app.publish_message(again)
         reason = f"{_type_name(retry.exc)}: {retry.exc}" if retry.exc else "retry requested"
-        log.info("Task %s[%s] retry: Retry in %gs: %s", message.task, message.id, retry.countdown_s, reason)
-        record = ResultRecord(task_id=message.id, state="RETRY", retries=message.retries + 1, task=message.task)
+        log.info(
+            "Task %s[%s] retry: Retry in %gs: %s",
+            message.task,
+            message.id,
+            retry.countdown_s,
+            reason,
+        )
+        record = ResultRecord(
+            task_id=message.id, state="RETRY", retries=message.retries + 1, task=message.task
+        )
         if retry.exc is not None:
             for key, value in failure_fields(retry.exc).items():
                 setattr(record, key, value)
@@ -243,7 +264,11 @@ class Executor:
     def _ignore(self, task: Task[Any, Any], message: Message) -> bool:
         if message.ignore_result:
             return True
-        return bool(task.ignore_result if task.ignore_result is not None else self.settings.task_ignore_result)
+        return bool(
+            task.ignore_result
+            if task.ignore_result is not None
+            else self.settings.task_ignore_result
+        )
 
     def _success(self, task: Task[Any, Any], message: Message, value: Any) -> bytes | None:
         if self._ignore(task, message):
@@ -311,4 +336,3 @@ def _type_name(exc: BaseException | None) -> str:
     if isinstance(exc, RemoteError):
         return str(exc.info["type"])
     return type(exc).__name__
-

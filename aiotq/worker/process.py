@@ -88,7 +88,9 @@ class ProcessPool:
     @property
     def executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self._size, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self._size, mp_context=multiprocessing.get_context("spawn")
+            )
         return self._pool
 
     def kill(self) -> None:

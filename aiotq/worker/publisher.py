@@ -63,7 +63,9 @@ class ResultPublisher:
                 await _retrying(delivery.ack, "acknowledge")
             else:
                 requeue = outcome.settle is Settle.REQUEUE
-                await _retrying(lambda d=delivery, r=requeue, why=outcome.reason: d.reject(r, why), "reject")
+                await _retrying(
+                    lambda d=delivery, r=requeue, why=outcome.reason: d.reject(r, why), "reject"
+                )
 
 
 async def _retrying(operation, what: str) -> None:  # type: ignore[no-untyped-def]

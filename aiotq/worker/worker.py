@@ -50,11 +50,15 @@ class Worker:
         settings = app.finalize()
         self.queues = list(queues or [settings.task_default_queue])
         self.concurrency = concurrency or settings.worker_concurrency
-        self.prefetch = self.concurrency * (prefetch_multiplier or settings.worker_prefetch_multiplier)
+        self.prefetch = self.concurrency * (
+            prefetch_multiplier or settings.worker_prefetch_multiplier
+        )
         self.threads = threads or settings.worker_threads
         self.processes = processes or settings.worker_processes or os.cpu_count() or 1
         self.shutdown_timeout_s = (
-            shutdown_timeout_s if shutdown_timeout_s is not None else settings.worker_shutdown_timeout_s
+            shutdown_timeout_s
+            if shutdown_timeout_s is not None
+            else settings.worker_shutdown_timeout_s
         )
         self.hostname = hostname or f"aiotq@{socket.gethostname()}"
         self.handle_signals = handle_signals
@@ -73,7 +77,9 @@ class Worker:
 
     def _on_signal(self, signum: int) -> None:
         if self._stop.is_set():
-            log.warning("%s again: cold shutdown, cancelling in-flight tasks", signal.Signals(signum).name)
+            log.warning(
+                "%s again: cold shutdown, cancelling in-flight tasks", signal.Signals(signum).name
+            )
         else:
             log.warning("%s: warm shutdown (finishing %d task(s); again to stop now)",
                         signal.Signals(signum).name, len(self._inflight))  # fmt: skip
@@ -137,7 +143,9 @@ class Worker:
             self._inflight.add(runner)
             runner.add_done_callback(self._inflight.discard)
 
-    async def _run_one(self, executor: Executor, publisher: ResultPublisher, delivery: Delivery) -> None:
+    async def _run_one(
+        self, executor: Executor, publisher: ResultPublisher, delivery: Delivery
+    ) -> None:
         try:
             outcomes = await executor.handle(delivery)
         except asyncio.CancelledError:

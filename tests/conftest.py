@@ -1,0 +1,78 @@
+"""Fixtures for real servers: skip on a laptop without them, fail under CI (CI=true)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import uvloop
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_HOST = os.environ.get("AIOTQ_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("AIOTQ_TEST_REDIS_PORT", "6379"))
+
+_dbs = itertools.cycle(range(1, 16))  # db 0 is left to humans
+
+
+def pytest_asyncio_loop_factories(config: Any, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Tests marked both_loops run under the default loop and under uvloop."""
+    if item.get_closest_marker("both_loops"):
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
+def server_missing(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({exc}); start it to run this test"
+    if CI:
+        pytest.fail(f"CI=true: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis URL on a db of its own, flushed before and after the test."""
+    db = next(_dbs)
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        server_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}", exc)
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    client.flushdb()
+    client.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll a condition until it is truthy or the deadline passes (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+async def async_wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
