@@ -2,7 +2,8 @@
 
 Key layout (every key of a queue shares the hash tag `{queue}`, so it works on Cluster):
 
-    aiotq:{q}:stream    stream of ready messages, field `e` = envelope (msgpack [headers, body])
+    aiotq:{q}:stream    stream of ready messages, field `e` = envelope (msgpack [headers, body]),
+                        `r` = 1 when it was returned to the queue (redelivered)
     aiotq:{q}:delayed   sorted set of envelopes scored by due time in ms
     aiotq:{q}:dead      stream of dead letters: fields `e` and `reason`
 
@@ -17,13 +18,14 @@ moved exactly once however many workers call it).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +111,8 @@ class _Consumer:
     def free_slots(self) -> int:
         return self.prefetch - len(self.held)
 
-    async def wait_for_slot(self) -> None:
-        while self.free_slots() <= 0:
+    async def wait_until(self, has_room: Callable[[], bool]) -> None:
+        while not has_room():
             self.slot_freed.clear()
             await self.slot_freed.wait()
 
@@ -202,7 +204,7 @@ class RedisBroker:
         try:
             while True:
                 if not fetched:
-                    await consumer.wait_for_slot()
+                    await consumer.wait_until(lambda: consumer.free_slots() > 0)
                     try:
                         entries = await self._read(reader, consumer, streams)
                         backoff = 0.1
@@ -213,10 +215,12 @@ class RedisBroker:
                         continue
                     for stream, entry_id, fields, redelivered in entries:
                         delivery = self._delivery(consumer, queue_of[stream], entry_id, fields)
-                        delivery.redelivered = redelivered
+                        delivery.redelivered = redelivered or b"r" in fields
                         consumer.held[entry_id] = delivery
                         fetched.append(delivery)
                     continue
+                # hand out at most `prefetch` unsettled (a read may return a few more)
+                await consumer.wait_until(lambda: len(consumer.held) - len(fetched) < prefetch)
                 yield fetched.popleft()
         finally:
             # Handed-out deliveries stay valid (a warm shutdown lets them finish); what was
@@ -244,16 +248,18 @@ class RedisBroker:
             if out:
                 log.warning("took over %d message(s) from a consumer that stopped", len(out))
                 return out
+        free = max(1, consumer.free_slots())
         response = await reader.xreadgroup(
             GROUP,
             consumer.name,
             dict.fromkeys(streams, ">"),
-            count=max(1, consumer.free_slots()),
+            count=-(-free // len(streams)),  # COUNT is per stream
             block=1000,
         )
-        for stream, entries in response or ():
-            for entry_id, fields in entries:
-                out.append((stream, entry_id, fields, False))
+        # interleave the streams so one busy queue does not starve the others
+        per_stream = [[(s, i, f, False) for i, f in entries] for s, entries in response or ()]
+        for round_ in itertools.zip_longest(*per_stream):
+            out.extend(entry for entry in round_ if entry is not None)
         return out
 
     def _delivery(
@@ -277,7 +283,7 @@ class RedisBroker:
 
     async def _settle(self, delivery: RedisDelivery, requeue: bool, reason: str) -> None:
         stream, _, dead = keys(delivery.queue)
-        target, extra = (stream, []) if requeue else (dead, ["reason", reason])
+        target, extra = (stream, ["r", "1"]) if requeue else (dead, ["reason", reason])
         async with translated(self.url, BrokerConnectionError):
             await self._clients.get().eval(
                 SETTLE,

@@ -1,0 +1,239 @@
+"""One contract suite for every Broker and Backend; a new one is one more parameter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aiotq.backends.memory import MemoryBackend
+from aiotq.backends.redis import RedisBackend
+from aiotq.brokers.memory import MemoryBroker
+from aiotq.brokers.redis import RedisBroker
+
+pytestmark = pytest.mark.both_loops
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    if request.param == "memory":
+        instance: object = MemoryBroker()
+    else:
+        url = request.getfixturevalue("redis_url")
+        instance = RedisBroker(url, visibility_timeout_s=1.0)
+    await instance.connect()  # type: ignore[attr-defined]
+    yield instance
+    await instance.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    if request.param == "memory":
+        instance: object = MemoryBackend()
+    else:
+        instance = RedisBackend(request.getfixturevalue("redis_url"))
+    await instance.connect()  # type: ignore[attr-defined]
+    yield instance
+    await instance.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.asynccontextmanager
+async def ticking(broker) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
+    """The worker's scheduler tick, which moves due delayed messages."""
+
+    async def tick() -> None:
+        while True:
+            await broker.tick()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def take(broker, queues, n, prefetch=10, within_s=5.0):  # type: ignore[no-untyped-def]
+    out = []
+    stream = broker.consume(queues, prefetch)
+    try:
+        async with asyncio.timeout(within_s):
+            async for delivery in stream:
+                out.append(delivery)
+                if len(out) == n:
+                    break
+    finally:
+        await stream.aclose()
+    return out
+
+
+async def test_publish_consume_ack(broker, queue) -> None:
+    await broker.declare([queue])
+    await broker.publish(queue, b"hello", {"content-type": "application/json", "id": "1"})
+    [delivery] = await take(broker, [queue], 1)
+    assert delivery.body == b"hello"
+    assert delivery.headers["id"] == "1"
+    assert delivery.queue == queue
+    assert not delivery.redelivered
+    await delivery.ack()
+    with pytest.raises(TimeoutError):
+        await take(broker, [queue], 1, within_s=0.3)
+
+
+async def test_reject_requeue_redelivers(broker, queue) -> None:
+    await broker.declare([queue])
+    await broker.publish(queue, b"again", {})
+    [first] = await take(broker, [queue], 1)
+    await first.reject(requeue=True)
+    [second] = await take(broker, [queue], 1)
+    assert second.body == b"again"
+    assert second.redelivered
+    await second.ack()
+
+
+async def test_reject_dead_letters_with_reason(broker, queue) -> None:
+    await broker.declare([queue])
+    await broker.publish(queue, b"poison", {})
+    [delivery] = await take(broker, [queue], 1)
+    await delivery.reject(requeue=False, reason="undecodable")
+    assert await broker.dead_letters(queue) == [(b"poison", "undecodable")]
+    with pytest.raises(TimeoutError):
+        await take(broker, [queue], 1, within_s=0.3)
+
+
+async def test_delayed_message_waits_until_due(broker, queue) -> None:
+    await broker.declare([queue])
+    sent = time.monotonic()
+    await broker.publish(queue, b"later", {}, delay_s=0.5)
+    await broker.publish(queue, b"now", {})
+    async with ticking(broker):
+        first, second = await take(broker, [queue], 2)
+    assert first.body == b"now"
+    assert second.body == b"later"
+    assert time.monotonic() - sent >= 0.45
+    await first.ack()
+    await second.ack()
+
+
+async def test_prefetch_bounds_unacknowledged(broker, queue) -> None:
+    await broker.declare([queue])
+    for i in range(5):
+        await broker.publish(queue, str(i).encode(), {})
+    stream = broker.consume([queue], 2)
+    got = [await anext(stream), await anext(stream)]
+    third = asyncio.ensure_future(anext(stream))  # cancelling anext would end the stream
+    done, _ = await asyncio.wait([third], within_s=0.3)
+    assert not done, "a third message was handed out with two unacknowledged and prefetch 2"
+    await got[0].ack()
+    async with asyncio.timeout(3):
+        got.append(await third)
+    for delivery in got[1:]:
+        await delivery.ack()
+    await stream.aclose()
+
+
+async def test_closing_consumer_returns_unhanded_messages(broker, queue) -> None:
+    await broker.declare([queue])
+    for i in range(3):
+        await broker.publish(queue, str(i).encode(), {})
+    [one] = await take(broker, [queue], 1, prefetch=3)
+    await one.ack()
+    rest = await take(broker, [queue], 2)
+    assert sorted(d.body for d in rest) == [b"1", b"2"]
+    for delivery in rest:
+        await delivery.ack()
+
+
+async def test_unacked_delivery_comes_back_when_its_holder_goes(broker, queue) -> None:
+    await broker.declare([queue])
+    await broker.publish(queue, b"orphan", {})
+    [held] = await take(broker, [queue], 1)
+    assert held.body == b"orphan"
+    if isinstance(broker, MemoryBroker):
+        await broker.aclose()  # the channel closes: unacked go back
+    # Redis: the holder is gone; after the visibility timeout (1 s here) it is taken over
+    [again] = await take(broker, [queue], 1, within_s=5)
+    assert again.body == b"orphan"
+    assert again.redelivered
+    await again.ack()
+
+
+async def test_fair_between_queues(broker) -> None:
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    await broker.declare([a, b])
+    for i in range(20):
+        await broker.publish(a, f"a{i}".encode(), {})
+    for i in range(3):
+        await broker.publish(b, f"b{i}".encode(), {})
+    got = await take(broker, [a, b], 10, prefetch=10)
+    assert sum(d.queue == b for d in got) >= 2, [d.body for d in got]
+    for delivery in got:
+        await delivery.ack()
+
+
+async def test_purge_counts_ready_and_delayed(broker, queue) -> None:
+    await broker.declare([queue])
+    await broker.publish(queue, b"1", {})
+    await broker.publish(queue, b"2", {}, delay_s=60)
+    assert await broker.purge(queue) == 2
+    with pytest.raises(TimeoutError):
+        await take(broker, [queue], 1, within_s=0.3)
+
+
+async def test_backend_store_get_forget(backend) -> None:
+    await backend.store([("t1", b"one"), ("t2", b"two")], ttl_s=60)
+    assert await backend.get("t1") == b"one"
+    assert await backend.get("t2") == b"two"
+    assert await backend.get("nope") is None
+    await backend.forget("t1")
+    assert await backend.get("t1") is None
+
+
+async def test_backend_ttl_expires(backend) -> None:
+    await backend.store([("short", b"x")], ttl_s=0.2)
+    deadline = time.monotonic() + 3
+    while await backend.get("short") is not None:
+        assert time.monotonic() < deadline, "result did not expire"
+        await asyncio.sleep(0.05)
+
+
+async def test_backend_watch_sees_earlier_and_later_stores(backend) -> None:
+    await backend.store([("w", b"first")], ttl_s=60)
+    seen = []
+    watcher = backend.watch("w")
+    async with asyncio.timeout(5):
+        seen.append(await anext(watcher))
+        await backend.store([("w", b"second")], ttl_s=60)
+        seen.append(await anext(watcher))
+    await watcher.aclose()
+    assert seen == [b"first", b"second"]
+
+
+async def test_backend_watch_wakes_without_polling(backend) -> None:
+    watcher = backend.watch("late")
+
+    async def store_soon() -> None:
+        await asyncio.sleep(0.05)
+        await backend.store([("late", b"done")], ttl_s=60)
+
+    storing = asyncio.create_task(store_soon())
+    async with asyncio.timeout(2):
+        assert await anext(watcher) == b"done"
+    await storing
+    await watcher.aclose()
+
+
+async def test_backend_counter_is_atomic(backend) -> None:
+    values = await asyncio.gather(*(backend.incr("chord-1", ttl_s=60) for _ in range(20)))
+    assert sorted(values) == list(range(1, 21))
