@@ -50,5 +50,6 @@ async def run_worker(
     try:
         yield worker
     finally:
-        worker.stop()
+        if not worker.stopping:
+            worker.stop()
         await running

@@ -69,6 +69,10 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
 
     # -- control -----------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self, cold: bool = False) -> None:
         """Warm stop (finish in-flight work); `cold=True` cancels it at once."""
         if cold or self._stop.is_set():
