@@ -32,7 +32,9 @@ def boom_in_child() -> None:
 
 
 def build(broker: str | None = None, backend: str | None = None) -> App:
-    app = App("e2e", broker=broker, backend=backend)
+    # the kill tests shorten the visibility timeout through the harness's own variable
+    visibility_s = float(os.environ.get("E2E_VISIBILITY_S", "60"))
+    app = App("e2e", broker=broker, backend=backend, broker_visibility_timeout_s=visibility_s)
 
     @app.task(name="e2e.add")
     async def add(x: int, y: int) -> int:

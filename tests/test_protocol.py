@@ -24,7 +24,9 @@ MSGPACK = CODECS["msgpack"].content_type
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -62,7 +64,9 @@ def test_content_type_not_accepted_is_rejected() -> None:
 
 
 def test_unknown_content_type_and_broken_envelope() -> None:
-    with pytest.raises(MessageRejected, match="unknown content type 'application/x-python-serialize'"):
+    with pytest.raises(
+        MessageRejected, match="unknown content type 'application/x-python-serialize'"
+    ):
         decode_message(b"\x80\x04", "application/x-python-serialize", ACCEPT)  # pickle: never
     with pytest.raises(MessageRejected, match="envelope"):
         decode_message(b"junk", BROKEN_ENVELOPE, ACCEPT)
@@ -93,7 +97,9 @@ def test_fuzz_random_bytes(data: bytes, content_type: str) -> None:
     flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4),
 )
 @settings(max_examples=300, deadline=None)
-def test_fuzz_truncated_and_mutated(message: Message, serializer: str, cut: int, flips: list) -> None:  # type: ignore[type-arg]
+def test_fuzz_truncated_and_mutated(
+    message: Message, serializer: str, cut: int, flips: list
+) -> None:  # type: ignore[type-arg]
     body = bytearray(CODECS[serializer].encode(message)[: max(1, cut)])
     for position, value in flips:
         body[position % len(body)] = value

@@ -21,7 +21,9 @@ def test_defaults_and_keyword_settings() -> None:
 
 
 def test_unknown_setting_is_rejected_with_a_hint() -> None:
-    with pytest.raises(ConfigurationError, match=r"unknown setting 'task_serialiser'.*task_serializer"):
+    with pytest.raises(
+        ConfigurationError, match=r"unknown setting 'task_serialiser'.*task_serializer"
+    ):
         App("t", task_serialiser="json")
     app = App("t")
     with pytest.raises(ConfigurationError, match="worker_concurency.*worker_concurrency"):
@@ -128,7 +130,9 @@ def test_backend_defaults_to_the_broker_url() -> None:
 
 
 def test_mask_password() -> None:
-    assert mask_password("amqp://guest:guest@localhost:5672//") == "amqp://guest:**@localhost:5672//"
+    assert (
+        mask_password("amqp://guest:guest@localhost:5672//") == "amqp://guest:**@localhost:5672//"
+    )
     assert mask_password("redis://:s3cret@h:6379/0") == "redis://:**@h:6379/0"
     assert mask_password("redis://localhost:6379/0") == "redis://localhost:6379/0"
     assert "s3cret" not in repr(App("t", broker="redis://:s3cret@h:6379/0").broker)

@@ -115,7 +115,10 @@ def test_routes_exact_glob_callable_and_precedence() -> None:
         {"proj.tasks.mul": {"queue": "feed_task", "routing_key": "mul.feed"}, "proj.sms.*": "sms"},
         lambda name, args, kwargs, options: {"queue": "big"} if args and args[0] > 100 else None,
     ]
-    assert resolve_route(routes, "proj.tasks.mul", (), {}) == {"queue": "feed_task", "routing_key": "mul.feed"}
+    assert resolve_route(routes, "proj.tasks.mul", (), {}) == {
+        "queue": "feed_task",
+        "routing_key": "mul.feed",
+    }
     assert resolve_route(routes, "proj.sms.send", (), {}) == {"queue": "sms"}
     assert resolve_route(routes, "proj.tasks.add", (101,), {}) == {"queue": "big"}
     assert resolve_route(routes, "proj.tasks.add", (1,), {}) == {}

@@ -66,7 +66,9 @@ async def test_autoretry_for_with_backoff() -> None:
     app = App("auto", broker="memory://")
     attempts: list[float] = []
 
-    @app.task(autoretry_for=(ConnectionError,), max_retries=2, retry_backoff=0.05, retry_jitter=False)
+    @app.task(
+        autoretry_for=(ConnectionError,), max_retries=2, retry_backoff=0.05, retry_jitter=False
+    )
     async def flaky() -> str:
         attempts.append(time.monotonic())
         if len(attempts) < 3:
@@ -160,8 +162,12 @@ async def test_unknown_task_is_dead_lettered_and_its_result_says_so(app: App) ->
 
 async def test_malformed_message_is_dead_lettered_and_worker_lives(app: App) -> None:
     async with run_worker(app):
-        await app.broker.publish("default", b"\xff\x00garbage", {"content-type": "application/json"})
-        await app.broker.publish("default", b"x", {"content-type": "application/x-python-serialize"})
+        await app.broker.publish(
+            "default", b"\xff\x00garbage", {"content-type": "application/json"}
+        )
+        await app.broker.publish(
+            "default", b"x", {"content-type": "application/x-python-serialize"}
+        )
         assert await (await app.asend_task("e2e.add", (2, 2))).get(timeout=5) == 4
         dead = await async_wait_for(lambda: app.broker._dead.get("default"))  # type: ignore[attr-defined]
     reasons = [reason for _, reason in dead]
@@ -223,7 +229,9 @@ async def test_unserialisable_result_fails_with_a_clear_error() -> None:
         return object()
 
     async with run_worker(app):
-        with pytest.raises(TypeError, match=r"result of .*returns_object \(object\) cannot be stored"):
+        with pytest.raises(
+            TypeError, match=r"result of .*returns_object \(object\) cannot be stored"
+        ):
             await (await returns_object.send()).get(timeout=5)
 
 

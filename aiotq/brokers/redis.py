@@ -268,7 +268,7 @@ class RedisBroker:
         envelope = fields.get(b"e", b"")
         try:
             headers, body = _decode_envelope(envelope)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except Exception:  # msgspec also raises UnicodeDecodeError: any input must not kill us
             # Not ours to run; surface it to the worker as an undecodable body so it is
             # dead-lettered with a reason through the one rejection path.
             headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
@@ -342,7 +342,7 @@ class RedisBroker:
         for _, fields in entries:
             try:
                 body = _decode_envelope(fields[b"e"])[1]
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except Exception:
                 body = fields[b"e"]
             out.append((body, fields.get(b"reason", b"").decode()))
         return out

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -38,6 +41,17 @@ def _encodable_args(exc: BaseException) -> list[Any] | None:
     except Exception:
         return None
     return list(exc.args)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """A worker killed with SIGKILL cannot stop its pool: its children notice and leave."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="aiotq-parent-watch", daemon=True).start()
 
 
 def run_in_child(module: str, qualname: str, payload: bytes) -> bytes:
@@ -89,7 +103,10 @@ class ProcessPool:
     def executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self._size, mp_context=multiprocessing.get_context("spawn")
+                self._size,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
