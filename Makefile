@@ -20,6 +20,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check aiotq tests examples benchmarks
 	$(BIN)/ruff format --check aiotq tests examples benchmarks
+	$(BIN)/python -m mypy aiotq
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo

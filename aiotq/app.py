@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol
 
 import msgspec
 
+from . import result as _result
 from ._portal import Portal
 from .backends import make_backend
 from .brokers import make_broker
 from .canvas import Signature
 from .exceptions import ConfigurationError
 from .protocol import CODECS, Message, SignatureData
-from .result import AsyncResult
 from .routing import resolve_route
 from .settings import Config, Settings, settings_from_object
 from .task import Task, current_request
@@ -170,11 +170,13 @@ class App:
     @overload
     def task(self, *, bind: Literal[False] = ..., **options: Any) -> _Decorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(  # type: ignore[misc]  # mypy cannot pair a positional-only default with **options
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+    ) -> Any:
         """Register a task: `@app.task` or `@app.task(bind=True, max_retries=3, ...)`."""
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, fn, **options)
+            task: Task[Any, Any] = Task(self, fn, bind=bind, **options)
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not fn and existing.__module__ != "__main__":
                 raise ConfigurationError(f"two tasks are named {task.name!r}; pass name= to one")
@@ -183,8 +185,8 @@ class App:
 
         return register(fn) if fn is not None else register
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
-        return AsyncResult(task_id, self)
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult[Any]:
+        return _result.AsyncResult(task_id, self)
 
     def signature(
         self,
@@ -202,7 +204,7 @@ class App:
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> _result.AsyncResult[Any]:
         """Send by name without importing the function (sync)."""
         return self._portal.call(self.asend_task(name, args, kwargs, **options))
 
@@ -212,7 +214,7 @@ class App:
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> _result.AsyncResult[Any]:
         return await self._send(name, tuple(args or ()), dict(kwargs or {}), options)
 
     async def _send(
@@ -222,7 +224,7 @@ class App:
         kwargs: dict[str, Any],
         options: dict[str, Any],
         task: Task[Any, Any] | None = None,
-    ) -> AsyncResult[Any]:
+    ) -> _result.AsyncResult[Any]:
         unknown = set(options) - SEND_OPTIONS
         if unknown:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
@@ -263,7 +265,7 @@ class App:
             headers=dict(opt.get("headers") or {}),
         )
         await self.publish_message(message, serializer=opt.get("serializer"))
-        return AsyncResult(task_id, self, task_name=name)
+        return _result.AsyncResult(task_id, self, task_name=name)
 
     async def publish_message(self, message: Message, serializer: str | None = None) -> None:
         """Encode and publish; the one path for first sends and retries."""

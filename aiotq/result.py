@@ -132,7 +132,7 @@ class AsyncResult(Generic[R]):
         return self._record
 
     def refresh(self) -> Awaitable[ResultRecord | None]:
-        return self._run(self._refresh())  # type: ignore[no-any-return]
+        return self._run(self._refresh())  # type: ignore[no-any-return,unused-ignore]
 
     async def _state_now(self) -> str:
         record = await self._refresh()
@@ -160,7 +160,7 @@ class AsyncResult(Generic[R]):
 
     def _current(self) -> ResultRecord | None:
         if not in_running_loop():
-            return self.app._portal.call(self._refresh())  # type: ignore[no-any-return]
+            return self.app._portal.call(self._refresh())
         return self._record
 
     @property

@@ -133,7 +133,7 @@ async def test_prefetch_bounds_unacknowledged(broker, queue) -> None:
     stream = broker.consume([queue], 2)
     got = [await anext(stream), await anext(stream)]
     third = asyncio.ensure_future(anext(stream))  # cancelling anext would end the stream
-    done, _ = await asyncio.wait([third], within_s=0.3)
+    done, _ = await asyncio.wait([third], timeout=0.3)
     assert not done, "a third message was handed out with two unacknowledged and prefetch 2"
     await got[0].ack()
     async with asyncio.timeout(3):

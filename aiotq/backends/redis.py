@@ -80,7 +80,7 @@ class _Listener:
                 await self._pubsub.subscribe(*self._inboxes)
             client = self._clients.get()
             for channel, inboxes in list(self._inboxes.items()):
-                data = await client.get(channel)
+                data: Any = await client.get(channel)
                 if data is not None:
                     for inbox in inboxes:
                         inbox.put_nowait(data)

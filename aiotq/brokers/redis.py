@@ -337,7 +337,7 @@ class RedisBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         client = self._clients.get()
         async with translated(self.url, BrokerConnectionError):
-            entries = await client.xrange(keys(queue)[2], count=limit)
+            entries: Any = await client.xrange(keys(queue)[2], count=limit)
         out = []
         for _, fields in entries:
             try:

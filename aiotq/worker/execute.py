@@ -146,8 +146,8 @@ class Executor:
             if task.autoretry_for and isinstance(_original(exc), task.autoretry_for):
                 limit = task.effective_max_retries
                 if limit is None or message.retries < limit:
-                    retry = Retry(exc, task.retry_delay_s(message.retries))
-                    return [*early, await self._retry(task, message, retry, delivery, settle)]
+                    again = Retry(exc, task.retry_delay_s(message.retries))
+                    return [*early, await self._retry(task, message, again, delivery, settle)]
             elapsed = time.perf_counter() - began
             log.error("Task %s raised unexpected: %s: %s (after %.3fs)",
                       label, _type_name(exc), exc, elapsed)  # fmt: skip

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from ..backends.base import Backend
 from ..exceptions import BackendConnectionError, BrokerConnectionError
@@ -52,9 +54,12 @@ class ResultPublisher:
                 return
 
     async def _publish(self, batch: list[Outcome]) -> None:
-        records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
+        records: list[tuple[str, bytes]] = []
+        for outcome in batch:
+            if outcome.data is not None and outcome.task_id:
+                records.append((outcome.task_id, outcome.data))
         if records:
-            await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")  # type: ignore[arg-type]
+            await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")
         for outcome in batch:
             delivery = outcome.delivery
             if delivery is None or outcome.settle is Settle.NONE:
@@ -63,12 +68,10 @@ class ResultPublisher:
                 await _retrying(delivery.ack, "acknowledge")
             else:
                 requeue = outcome.settle is Settle.REQUEUE
-                await _retrying(
-                    lambda d=delivery, r=requeue, why=outcome.reason: d.reject(r, why), "reject"
-                )
+                await _retrying(partial(delivery.reject, requeue, outcome.reason), "reject")
 
 
-async def _retrying(operation, what: str) -> None:  # type: ignore[no-untyped-def]
+async def _retrying(operation: Callable[[], Awaitable[object]], what: str) -> None:
     """Connection errors are retried with backoff (the message is not lost meanwhile: it
     stays unacknowledged); anything else is logged and given up."""
     delay = 0.05
