@@ -1,0 +1,109 @@
+"""The main job: 2,000 SMS-like async tasks through one worker at concurrency 200.
+
+Each task POSTs to a small local HTTP "gateway" (started here) that answers after 100 ms
+and fails 2% of requests with 503, which the task retries with backoff. Run: `make demo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+
+from aiotq import App
+from aiotq.testing import run_worker
+
+TASKS = 2000
+CONCURRENCY = 200
+GATEWAY_DELAY_S = 0.1
+
+app = App("demo")  # no broker configured: the embedded default
+retries = 0
+
+
+class GatewayError(Exception):
+    pass
+
+
+@app.task(autoretry_for=(GatewayError,), max_retries=5, retry_backoff=0.2, retry_backoff_max=2)
+async def send_sms(port: int, phone: str, text: str) -> str:
+    global retries
+    if send_sms.request.retries:
+        retries += 1
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = f'{{"to": "{phone}", "text": "{text}"}}'.encode()
+    writer.write(
+        b"POST /sms HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    status = int(status_line.split()[1])
+    if status != 200:
+        raise GatewayError(f"gateway answered {status}")
+    return "sent"
+
+
+async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A stand-in SMS gateway: 100 ms per request, 2% transient failures."""
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in headers.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
+    await reader.readexactly(length)
+    await asyncio.sleep(GATEWAY_DELAY_S)
+    status = b"503 Service Unavailable" if random.random() < 0.02 else b"200 OK"
+    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+def progress(done: int, total: int, started: float) -> None:
+    width = 40
+    filled = width * done // total
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    sys.stdout.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {rate:7.0f} tasks/s"
+    )
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    server = await asyncio.start_server(gateway, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    print(f"gateway on 127.0.0.1:{port} ({GATEWAY_DELAY_S * 1000:.0f} ms per request)")
+    async with server, run_worker(app, concurrency=CONCURRENCY):
+        print(f"worker on {app.broker.url} with concurrency {CONCURRENCY}; sending {TASKS} tasks")
+        started = time.perf_counter()
+        results = [
+            await send_sms.send(port, f"+1555{i:07d}", "your code is 1234") for i in range(TASKS)
+        ]
+        done = failures = 0
+        for result in results:
+            try:
+                await result.get(timeout=120)
+            except Exception:
+                failures += 1
+            done += 1
+            if done % 50 == 0 or done == TASKS:
+                progress(done, TASKS, started)
+        elapsed = time.perf_counter() - started
+    print()
+    print(f"tasks: {TASKS}  seconds: {elapsed:.2f}  tasks/s: {TASKS / elapsed:.0f}  "
+          f"failures: {failures}  retries: {retries}  "
+          f"(limit at concurrency {CONCURRENCY}: {CONCURRENCY / GATEWAY_DELAY_S:.0f} tasks/s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    from aiotq.app import run
+
+    run(main())
