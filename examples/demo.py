@@ -87,20 +87,22 @@ async def main() -> None:
         results = [
             await send_sms.send(port, f"+1555{i:07d}", "your code is 1234") for i in range(TASKS)
         ]
-        done = failures = 0
-        for result in results:
+        failures = 0
+        for done, result in enumerate(results, start=1):
             try:
                 await result.get(timeout=120)
             except Exception:
                 failures += 1
-            done += 1
             if done % 50 == 0 or done == TASKS:
                 progress(done, TASKS, started)
         elapsed = time.perf_counter() - started
     print()
-    print(f"tasks: {TASKS}  seconds: {elapsed:.2f}  tasks/s: {TASKS / elapsed:.0f}  "
-          f"failures: {failures}  retries: {retries}  "
-          f"(limit at concurrency {CONCURRENCY}: {CONCURRENCY / GATEWAY_DELAY_S:.0f} tasks/s)")  # fmt: skip
+    limit = CONCURRENCY / GATEWAY_DELAY_S
+    print(
+        f"tasks: {TASKS}  seconds: {elapsed:.2f}  tasks/s: {TASKS / elapsed:.0f}  "
+        f"failures: {failures}  retries: {retries}  "
+        f"(limit at concurrency {CONCURRENCY}: {limit:.0f}/s)"
+    )
 
 
 if __name__ == "__main__":
