@@ -196,3 +196,15 @@ def test_cli_send_result_purge_version(redis_url: str, start: Start) -> None:
     assert '"state": "SUCCESS"' in shown.stdout and '"result": 3' in shown.stdout
     bad = cli("send", "e2e.add", "-A", "tests.apps:tq", "--args", "[1]")
     assert bad.returncode == 2 and "missing a required argument" in bad.stderr
+
+
+def test_connections_stay_few_at_concurrency_1000(app: App, start: Start, redis_url: str) -> None:
+    worker = start("-c", "1000")
+    results = [app.send_task("e2e.sleep", (1.5, str(i))) for i in range(1000)]
+    worker.wait_for_log(r"e2e\.sleep\[.*\] received", times=1000)
+    db = int(redis_url.rsplit("/", 1)[1])
+    clients = redis.Redis.from_url(redis_url).client_list()
+    mine = [c for c in clients if int(c["db"]) == db]
+    # the worker's reader, pub/sub-free publisher pool and this test's producer: a handful
+    assert len(mine) <= 16, [(c["name"], c["cmd"]) for c in mine]
+    assert sorted(r.get(timeout=30) for r in results) == sorted(str(i) for i in range(1000))

@@ -277,3 +277,16 @@ async def test_warm_stop_finishes_in_flight_and_cold_stop_returns_messages() -> 
     assert app.broker.pending_count("default") == 1  # type: ignore[attr-defined]
     with pytest.raises(TimeoutError):
         await cold.get(timeout=0.1)
+
+
+async def test_banner_names_everything_and_masks_passwords(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = build("memory://user:hunter2@localhost/0")
+    with caplog.at_level("INFO", logger="aiotq.worker"):
+        async with run_worker(app, queues=["sms", "default"], concurrency=7):
+            pass
+    banner = caplog.text
+    assert "hunter2" not in banner
+    assert "memory://user:**@localhost/0" in banner
+    assert "concurrency: 7" in banner and ".> sms" in banner and "e2e.add" in banner
