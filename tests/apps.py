@@ -54,19 +54,19 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
         time.sleep(seconds)
         return seconds
 
-    @app.task(name="e2e.div", bind=True)
-    def div(self, x: float, y: float) -> float:  # type: ignore[no-untyped-def]
-        try:
-            return x / y
-        except ZeroDivisionError as exc:
-            raise self.retry(exc=exc, countdown=3, max_retries=3) from None
+    def divide(countdown: float):  # type: ignore[no-untyped-def]
+        """The tutorial's div: retry on ZeroDivisionError, `countdown` apart, 3 times."""
 
-    @app.task(name="e2e.fast_div", bind=True)
-    def fast_div(self, x: float, y: float) -> float:  # type: ignore[no-untyped-def]
-        try:
-            return x / y
-        except ZeroDivisionError as exc:
-            raise self.retry(exc=exc, countdown=0.05, max_retries=3) from None
+        def div(self, x: float, y: float) -> float:  # type: ignore[no-untyped-def]
+            try:
+                return x / y
+            except ZeroDivisionError as exc:
+                raise self.retry(exc=exc, countdown=countdown, max_retries=3) from None
+
+        return div
+
+    app.task(name="e2e.div", bind=True)(divide(3))
+    app.task(name="e2e.fast_div", bind=True)(divide(0.05))
 
     @app.task(name="e2e.whoami", bind=True)
     async def whoami(self) -> dict[str, object]:  # type: ignore[no-untyped-def]

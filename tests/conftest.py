@@ -49,26 +49,28 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll a condition until it is truthy or the deadline passes (no fixed sleeps)."""
+def _polls(condition: Callable[[], Any], timeout: float) -> Iterator[Any]:
+    """Yield None until the condition is truthy (then its value), failing at the deadline."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        time.sleep(interval)
+        yield None
+    yield value
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll a condition until it is truthy or the deadline passes (no fixed sleeps)."""
+    for value in _polls(condition, timeout):
+        if value is not None:
+            return value
+        time.sleep(0.02)
 
 
 async def async_wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
+    for value in _polls(condition, timeout):
+        if value is not None:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
 
 
