@@ -1,0 +1,95 @@
+"""Redis in production: leases of live workers, reconnects, delayed messages across workers."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+import redis
+
+from aiotq import App
+
+from .apps import build
+from .workerproc import WorkerProcess
+
+Workers = list[WorkerProcess]
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    producer = build(redis_url)
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    started: Workers = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def start(url: str, started: Workers, *args: str, visibility_s: float = 60) -> WorkerProcess:
+    worker = WorkerProcess(url, *args, env={"E2E_VISIBILITY_S": str(visibility_s)})
+    started.append(worker)
+    return worker.ready()
+
+
+def test_long_task_on_a_live_worker_runs_exactly_once(
+    app: App, redis_url: str, workers: Workers
+) -> None:
+    first = start(redis_url, workers, visibility_s=1)
+    result = app.send_task("e2e.sleep", (3.5, "long"))
+    first.wait_for_log(r"e2e\.sleep\[.*\] received")
+    second = start(redis_url, workers, visibility_s=1)  # would take it over if the lease lapsed
+    assert result.get(timeout=15) == "long"
+    received = sum(w.count(r"e2e\.sleep\[.*\] received") for w in (first, second))
+    assert received == 1, first.log + second.log
+
+
+def test_worker_reconnects_after_client_kill(app: App, redis_url: str, workers: Workers) -> None:
+    worker = start(redis_url, workers, "-c", "50")
+    first = [app.send_task("e2e.sleep", (0.5, f"a{i}")) for i in range(20)]
+    worker.wait_for_log(r"e2e\.sleep\[.*\] received", times=20)
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_type="normal", skipme=True) >= 1
+    second = [app.send_task("e2e.sleep", (0.1, f"b{i}")) for i in range(20)]
+    got = [r.get(timeout=30) for r in first + second]
+    assert got == [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
+    assert worker.proc.poll() is None
+    killer.close()
+
+
+RECEIVED = re.compile(r"^\[(\S+ \S+): INFO/\S+\] Task e2e\.whoami\[(\S+)\] received$")
+
+
+def test_delayed_tasks_across_three_workers_run_once_on_time(
+    app: App, redis_url: str, workers: Workers
+) -> None:
+    for _ in range(3):
+        start(redis_url, workers, "-c", "100")
+    due: dict[str, float] = {}
+    results = []
+    for i in range(200):
+        countdown = random.uniform(0.2, 3.0)
+        due[f"d{i}"] = time.time() + countdown
+        results.append(app.send_task("e2e.whoami", countdown=countdown, task_id=f"d{i}"))
+    for result in results:
+        assert result.get(timeout=20)["id"] == result.id
+    received: dict[str, list[float]] = {}
+    for worker in workers:
+        for line in worker.lines:
+            match = RECEIVED.match(line)
+            if match:
+                stamp = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                received.setdefault(match[2], []).append(stamp)
+    assert sorted(received) == sorted(due)  # every one ran...
+    assert all(len(stamps) == 1 for stamps in received.values())  # ...once
+    lateness = [received[tag][0] - due[tag] for tag in due]
+    assert min(lateness) >= -0.01, min(lateness)  # none early
+    assert max(lateness) <= 1.0, max(lateness)  # each within 1 s of due
