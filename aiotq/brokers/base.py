@@ -45,6 +45,9 @@ class Broker(Protocol):
         priority: int | None = None,
     ) -> None: ...
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge several deliveries of this broker in one round trip where it can."""
+
     def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[Delivery]:
         """Deliveries from `queues`, at most `prefetch` unacknowledged at once."""
         ...

@@ -106,6 +106,10 @@ class MemoryBroker:
             self._put(queue, item, priority)
         return self._delayed[0][0] - now if self._delayed else None
 
+    async def ack_many(self, deliveries: Sequence[MemoryDelivery]) -> None:
+        for delivery in deliveries:
+            await delivery.ack()
+
     def _wake_all(self) -> None:
         for consumer in list(self._consumers):
             waiter = consumer.waiter

@@ -79,9 +79,7 @@ class RedisDelivery:
 
     # Settled only once the broker confirmed, so a failed ack can be retried.
     async def ack(self) -> None:
-        if not self._settled:
-            await self._consumer.broker._ack(keys(self.queue)[0], self.entry_id)
-            self._done()
+        await self._consumer.broker.ack_many([self])
 
     async def reject(self, requeue: bool, reason: str | None = None) -> None:
         if not self._settled:
@@ -274,12 +272,22 @@ class RedisBroker:
             headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
         return RedisDelivery(body, headers, queue, False, entry_id, envelope, consumer)
 
-    async def _ack(self, stream: str, entry_id: bytes) -> None:
+    async def ack_many(self, deliveries: Sequence[RedisDelivery]) -> None:
+        """XACK + XDEL of a whole batch in one pipelined round trip."""
+        pending = [d for d in deliveries if not d._settled]
+        if not pending:
+            return
+        by_stream: dict[str, list[bytes]] = {}
+        for delivery in pending:
+            by_stream.setdefault(keys(delivery.queue)[0], []).append(delivery.entry_id)
         async with translated(self.url, BrokerConnectionError):
             pipe = self._clients.get().pipeline(transaction=False)
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
             await pipe.execute()
+        for delivery in pending:
+            delivery._done()
 
     async def _settle(self, delivery: RedisDelivery, requeue: bool, reason: str) -> None:
         stream, _, dead = keys(delivery.queue)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from ..backends.base import Backend
+from ..brokers.base import Broker
 from ..exceptions import BackendConnectionError, BrokerConnectionError
 from .execute import Outcome, Settle
 
@@ -23,8 +24,9 @@ MAX_BATCH = 512
 
 
 class ResultPublisher:
-    def __init__(self, backend: Backend, ttl_s: float, capacity: int) -> None:
+    def __init__(self, backend: Backend, broker: Broker, ttl_s: float, capacity: int) -> None:
         self._backend = backend
+        self._broker = broker
         self._ttl_s = ttl_s
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue(capacity)
 
@@ -60,13 +62,12 @@ class ResultPublisher:
                 records.append((outcome.task_id, outcome.data))
         if records:
             await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")
+        acks = [o.delivery for o in batch if o.settle is Settle.ACK and o.delivery is not None]
+        if acks:
+            await _retrying(partial(self._broker.ack_many, acks), "acknowledge")
         for outcome in batch:
             delivery = outcome.delivery
-            if delivery is None or outcome.settle is Settle.NONE:
-                continue
-            if outcome.settle is Settle.ACK:
-                await _retrying(delivery.ack, "acknowledge")
-            else:
+            if delivery is not None and outcome.settle in (Settle.REQUEUE, Settle.DEAD_LETTER):
                 requeue = outcome.settle is Settle.REQUEUE
                 await _retrying(partial(delivery.reject, requeue, outcome.reason), "reject")
 

@@ -96,7 +96,9 @@ class Worker:
         await self._connect(broker, settings.broker_connection_retry_on_startup)
         await backend.connect()
         executor = Executor(self.app, self.hostname, self.threads, self.processes)
-        publisher = ResultPublisher(backend, settings.result_expires_s, capacity=self.prefetch)
+        publisher = ResultPublisher(
+            backend, broker, settings.result_expires_s, capacity=self.prefetch
+        )
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
