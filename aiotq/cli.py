@@ -235,6 +235,37 @@ def purge(
         raise fail(str(exc)) from None
 
 
+@cli.command("dead-letters")
+def dead_letters(
+    app_option: AppOption = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="The queue.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, oldest first.")] = 100,
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Move them back to the queue.")
+    ] = False,
+) -> None:
+    """List a queue's dead letters with their reasons, or move them back with --requeue."""
+    app = load_app(app_option)
+    name = queue or app.conf.task_default_queue
+
+    async def go() -> None:
+        try:
+            if requeue:
+                typer.echo(
+                    f"{name}: requeued {await app.broker.requeue_dead(name, limit)} message(s)"
+                )
+                return
+            for body, reason in await app.broker.dead_letters(name, limit):
+                typer.echo(json.dumps({"reason": reason, "body": body.decode("utf-8", "replace")}))
+        finally:
+            await app.aclose()
+
+    try:
+        run(go())
+    except AiotqError as exc:
+        raise fail(str(exc)) from None
+
+
 def main() -> None:
     cli()
 

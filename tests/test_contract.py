@@ -110,6 +110,11 @@ async def test_reject_dead_letters_with_reason(broker, queue) -> None:
     assert await broker.dead_letters(queue) == [(b"poison", "undecodable")]
     with pytest.raises(TimeoutError):
         await take(broker, [queue], 1, within_s=0.3)
+    assert await broker.requeue_dead(queue) == 1
+    assert await broker.dead_letters(queue) == []
+    [again] = await take(broker, [queue], 1)
+    assert again.body == b"poison" and again.redelivered
+    await again.ack()
 
 
 async def test_delayed_message_waits_until_due(broker, queue) -> None:

@@ -153,6 +153,12 @@ def test_malformed_bytes_in_the_stream_are_dead_lettered(
     assert len(reasons) == 3, reasons
     assert any("undecodable json" in r for r in reasons)
     assert worker.proc.poll() is None
+    listed = subprocess.run(
+        [sys.executable, "-m", "aiotq", "dead-letters", "-A", "tests.apps:tq"],
+        cwd=ROOT, env={**os.environ, "AIOTQ_BROKER_URL": redis_url}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 3 and "undecodable json" in listed.stdout
     client.close()
 
 

@@ -60,3 +60,7 @@ class Broker(Protocol):
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         """Dead-lettered bodies of a queue with their reasons, oldest first."""
         ...
+
+    async def requeue_dead(self, queue: str, limit: int = 100) -> int:
+        """Move up to `limit` dead letters (oldest first) back to the queue; return how many."""
+        ...

@@ -194,6 +194,15 @@ class MemoryBroker:
         with self._lock:
             return list(self._dead.get(queue, [])[:limit])
 
+    async def requeue_dead(self, queue: str, limit: int = 100) -> int:
+        with self._lock:
+            dead = self._dead.get(queue, [])
+            moved, self._dead[queue] = dead[:limit], dead[limit:]
+            for body, _ in moved:
+                self._put(queue, (body, {}, True), 0)
+        self._wake_all()
+        return len(moved)
+
     def pending_count(self, queue: str) -> int:
         """Ready plus delayed messages of a queue (for tests and `aiotq purge`)."""
         with self._lock:

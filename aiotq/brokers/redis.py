@@ -53,6 +53,19 @@ if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return #due
 """
 
+# Move the oldest dead letters back to the stream, atomically.
+REQUEUE_DEAD = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[1]))
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then redis.call('XADD', KEYS[2], '*', 'e', fields[i + 1], 'r', '1') end
+  end
+  redis.call('XDEL', KEYS[1], entry[1])
+end
+return #entries
+"""
+
 # Move one pending entry elsewhere (requeue or dead letter) and ack it, atomically.
 SETTLE = """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], unpack(ARGV, 5))
@@ -341,6 +354,12 @@ class RedisBroker:
             ready, waiting, _ = await pipe.execute()
             self._declared.discard(queue)
         return int(ready) + int(waiting)
+
+    async def requeue_dead(self, queue: str, limit: int = 100) -> int:
+        stream, _, dead = keys(queue)
+        async with translated(self.url, BrokerConnectionError):
+            moved = await self._clients.get().eval(REQUEUE_DEAD, 2, dead, stream, limit)
+        return int(moved)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         client = self._clients.get()
