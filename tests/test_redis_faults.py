@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -12,8 +14,10 @@ import pytest
 import redis
 
 from aiotq import App
+from aiotq.testing import run_worker
 
 from .apps import build
+from .conftest import CI, wait_for
 from .workerproc import WorkerProcess
 
 Workers = list[WorkerProcess]
@@ -93,3 +97,29 @@ def test_delayed_tasks_across_three_workers_run_once_on_time(
     lateness = [received[tag][0] - due[tag] for tag in due]
     assert min(lateness) >= -0.01, min(lateness)  # none early
     assert max(lateness) <= 1.0, max(lateness)  # each within 1 s of due
+
+
+@pytest.fixture
+def socket_redis(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A redis-server of this test's own, listening only on a unix socket."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if CI:
+            pytest.fail("CI=true: redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(sock.exists, 5)
+    yield str(sock)
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_unix_socket_url(socket_redis: str) -> None:
+    app = build(f"redis+socket://{socket_redis}?db=0")
+    async with run_worker(app):
+        result = await app.asend_task("e2e.add", (40, 2))
+        assert await result.get(timeout=10) == 42
