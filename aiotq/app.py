@@ -264,6 +264,8 @@ class App:
             routing_key=opt.get("routing_key"),
             headers=dict(opt.get("headers") or {}),
         )
+        if message.priority is not None and not 0 <= message.priority <= 9:
+            raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
         await self.publish_message(message, serializer=opt.get("serializer"))
         return _result.AsyncResult(task_id, self, task_name=name)
 

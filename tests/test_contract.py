@@ -187,6 +187,32 @@ async def test_fair_between_queues(broker) -> None:
         await delivery.ack()
 
 
+async def test_priority_higher_first(broker, queue) -> None:
+    await broker.declare([queue])
+    for body, priority in [(b"low", 0), (b"high", 9), (b"mid", 5), (b"none", None)]:
+        await broker.publish(queue, body, {}, priority=priority)
+    await broker.publish(queue, b"late-high", {}, delay_s=0.2, priority=9)
+    got = await take(broker, [queue], 4, prefetch=10)
+    assert [d.body for d in got] == [b"high", b"mid", b"low", b"none"]
+    async with ticking(broker):
+        [late] = await take(broker, [queue], 1)
+    assert late.body == b"late-high"
+    for delivery in [*got, late]:
+        await delivery.ack()
+
+
+async def test_priorities_do_not_starve_another_queue(broker) -> None:
+    busy, quiet = f"busy-{uuid.uuid4().hex[:6]}", f"quiet-{uuid.uuid4().hex[:6]}"
+    await broker.declare([busy, quiet])
+    for i in range(20):
+        await broker.publish(busy, f"h{i}".encode(), {}, priority=9)
+    await broker.publish(quiet, b"only-low", {}, priority=0)
+    got = await take(broker, [busy, quiet], 5, prefetch=5)
+    assert b"only-low" in [d.body for d in got]
+    for delivery in got:
+        await delivery.ack()
+
+
 async def test_purge_counts_ready_and_delayed(broker, queue) -> None:
     await broker.declare([queue])
     await broker.publish(queue, b"1", {})

@@ -123,3 +123,22 @@ async def test_unix_socket_url(socket_redis: str) -> None:
     async with run_worker(app):
         result = await app.asend_task("e2e.add", (40, 2))
         assert await result.get(timeout=10) == 42
+
+
+async def test_priority_through_a_worker(redis_url: str) -> None:
+    app = App("prio", broker=redis_url)
+    order: list[str] = []
+
+    @app.task
+    async def job(tag: str) -> None:
+        order.append(tag)
+
+    results = [await job.aapply_async((f"low{i}",), priority=0) for i in range(3)]
+    results += [await job.aapply_async((f"high{i}",), priority=9) for i in range(3)]
+    with pytest.raises(ValueError, match="0-9"):
+        await job.aapply_async(("x",), priority=10)
+    async with run_worker(app, concurrency=1):
+        for result in results:
+            await result.get(timeout=10)
+    assert order == ["high0", "high1", "high2", "low0", "low1", "low2"]
+    await app.aclose()

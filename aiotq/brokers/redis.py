@@ -2,10 +2,17 @@
 
 Key layout (every key of a queue shares the hash tag `{queue}`, so it works on Cluster):
 
-    aiotq:{q}:stream    stream of ready messages, field `e` = envelope (msgpack [headers, body]),
-                        `r` = 1 when it was returned to the queue (redelivered)
-    aiotq:{q}:delayed   sorted set of envelopes scored by due time in ms
-    aiotq:{q}:dead      stream of dead letters: fields `e` and `reason`
+    aiotq:{q}:stream      ready messages of priority 0, field `e` = envelope (msgpack
+                          [headers, body]), `r` = 1 when it was returned to the queue
+    aiotq:{q}:stream:pN   the same for priority N (1-9); higher levels are handed out first
+    aiotq:{q}:delayed     sorted set of (priority byte + envelope) scored by due time in ms
+    aiotq:{q}:dead        stream of dead letters: fields `e` and `reason`
+
+Priorities: a read runs one Lua script per queue that takes from the levels high to low
+until its share of the free prefetch slots is spent, so a higher level is always taken
+first; queues get equal shares and are interleaved, so a queue that only has low-priority
+work is not starved by a busy one. Only when every level of every queue is empty does the
+consumer block (XREADGROUP COUNT 1 over all streams) to wait for new work.
 
 A consumer reads with XREADGROUP (COUNT = free prefetch slots); a message stays in the
 group's pending list, owned by that consumer, until XACK. Messages of a consumer that died
@@ -18,6 +25,7 @@ moved exactly once however many workers call it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -30,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from redis import exceptions as redis_errors
 
 from .._redis import CONNECTION_ERRORS, LoopClients, translated
 from ..exceptions import BrokerConnectionError
@@ -44,10 +51,29 @@ Envelope = tuple[dict[str, str], bytes]
 _encode_envelope = msgspec.msgpack.Encoder().encode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 
+LEVELS = 10  # priorities 0-9
+
+# KEYS: one queue's streams, highest level first. Take up to ARGV[3] in that order.
+READ_BY_PRIORITY = """
+local budget = tonumber(ARGV[3])
+local out = {}
+for _, key in ipairs(KEYS) do
+  if budget <= 0 then break end
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', budget,
+                         'STREAMS', key, '>')
+  if got then
+    table.insert(out, got[1])
+    budget = budget - #got[1][2]
+  end
+end
+return out
+"""
+
+# KEYS: delayed, then the streams of levels 0..9. A member's first byte is its level.
 MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'e', member)
+  redis.call('XADD', KEYS[2 + string.byte(member, 1)], '*', 'e', string.sub(member, 2))
 end
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return #due
@@ -75,8 +101,27 @@ return 1
 """
 
 
-def keys(queue: str) -> tuple[str, str, str]:
-    return f"aiotq:{{{queue}}}:stream", f"aiotq:{{{queue}}}:delayed", f"aiotq:{{{queue}}}:dead"
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    streams: tuple[str, ...]  # by priority level, 0..9
+    delayed: str
+    dead: str
+
+
+@functools.cache
+def keys(queue: str) -> QueueKeys:
+    base = f"aiotq:{{{queue}}}"
+    streams = (f"{base}:stream", *(f"{base}:stream:p{level}" for level in range(1, LEVELS)))
+    return QueueKeys(streams, f"{base}:delayed", f"{base}:dead")
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A Lua reply gives an entry's fields as a flat list."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def level_of(priority: int | None) -> int:
+    return min(max(priority or 0, 0), LEVELS - 1)
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +130,7 @@ class RedisDelivery:
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    stream: str
     entry_id: bytes
     envelope: bytes
     _consumer: _Consumer
@@ -114,6 +160,7 @@ class _Consumer:
         self.held: dict[bytes, RedisDelivery] = {}
         self.prefetch = prefetch
         self.slot_freed = asyncio.Event()
+        self.read_script: Any = None
 
     def release(self, delivery: RedisDelivery) -> None:
         if self.held.pop(delivery.entry_id, None) is not None:
@@ -161,16 +208,18 @@ class RedisBroker:
 
     async def declare(self, queues: Sequence[str]) -> None:
         client = self._clients.get()
+        new = [queue for queue in queues if queue not in self._declared]
+        if not new:
+            return
         async with translated(self.url, BrokerConnectionError):
-            for queue in queues:
-                if queue in self._declared:
-                    continue
-                try:
-                    await client.xgroup_create(keys(queue)[0], GROUP, id="0", mkstream=True)
-                except redis_errors.ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
-                self._declared.add(queue)
+            pipe = client.pipeline(transaction=False)
+            for queue in new:
+                for stream in keys(queue).streams:
+                    pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            for answer in await pipe.execute(raise_on_error=False):
+                if isinstance(answer, Exception) and "BUSYGROUP" not in str(answer):
+                    raise answer
+        self._declared.update(new)
 
     async def publish(
         self,
@@ -182,7 +231,8 @@ class RedisBroker:
         priority: int | None = None,
     ) -> None:
         envelope = _encode_envelope((dict(headers), body))
-        stream, delayed, _ = keys(queue)
+        level = level_of(priority)
+        queue_keys = keys(queue)
         deadline = time.monotonic() + self.publish_retry_s
         backoff = 0.05
         while True:
@@ -190,9 +240,9 @@ class RedisBroker:
                 client = self._clients.get()
                 if delay_s > 0:
                     due_ms = int((time.time() + delay_s) * 1000)
-                    await client.zadd(delayed, {envelope: due_ms})
+                    await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
                 else:
-                    await client.xadd(stream, {"e": envelope})
+                    await client.xadd(queue_keys.streams[level], {"e": envelope})
                 return
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() + backoff > deadline:
@@ -208,8 +258,11 @@ class RedisBroker:
         consumer = _Consumer(self, prefetch)
         self._consumers.add(consumer)
         reader = self._clients.dedicated()
-        streams = [keys(q)[0] for q in queues]
-        queue_of = {s.encode(): q for s, q in zip(streams, queues, strict=True)}
+        consumer.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
+        # highest level first, so one read's answer comes back in priority order per queue
+        queue_of = {
+            stream.encode(): queue for queue in queues for stream in reversed(keys(queue).streams)
+        }
         fetched: deque[RedisDelivery] = deque()  # read, not yet handed out
         backoff = 0.1
         try:
@@ -217,7 +270,7 @@ class RedisBroker:
                 if not fetched:
                     await consumer.wait_until(lambda: consumer.free_slots() > 0)
                     try:
-                        entries = await self._read(reader, consumer, streams)
+                        entries = await self._read(reader, consumer, queue_of)
                         backoff = 0.1
                     except CONNECTION_ERRORS as exc:
                         log.warning("redis connection lost (%s); retrying in %.1fs", exc, backoff)
@@ -225,7 +278,8 @@ class RedisBroker:
                         backoff = min(backoff * 2, 5.0)
                         continue
                     for stream, entry_id, fields, redelivered in entries:
-                        delivery = self._delivery(consumer, queue_of[stream], entry_id, fields)
+                        queue = queue_of[stream]
+                        delivery = self._delivery(consumer, queue, stream, entry_id, fields)
                         delivery.redelivered = redelivered or b"r" in fields
                         consumer.held[entry_id] = delivery
                         fetched.append(delivery)
@@ -242,8 +296,9 @@ class RedisBroker:
             await reader.connection_pool.disconnect()
 
     async def _read(
-        self, reader: Any, consumer: _Consumer, streams: list[str]
+        self, reader: Any, consumer: _Consumer, queue_of: dict[bytes, str]
     ) -> list[tuple[bytes, bytes, dict[bytes, bytes], bool]]:
+        streams = [key.decode() for key in queue_of]
         out: list[tuple[bytes, bytes, dict[bytes, bytes], bool]] = []
         now = time.monotonic()
         if now - self._last_claim > self.visibility_timeout_s / 4:
@@ -259,22 +314,36 @@ class RedisBroker:
             if out:
                 log.warning("took over %d message(s) from a consumer that stopped", len(out))
                 return out
-        free = max(1, consumer.free_slots())
-        response = await reader.xreadgroup(
-            GROUP,
-            consumer.name,
-            dict.fromkeys(streams, ">"),
-            count=-(-free // len(streams)),  # COUNT is per stream
-            block=1000,
-        )
-        # interleave the streams so one busy queue does not starve the others
-        per_stream = [[(s, i, f, False) for i, f in entries] for s, entries in response or ()]
-        for round_ in itertools.zip_longest(*per_stream):
+        queues = list(dict.fromkeys(queue_of.values()))
+        share = -(-consumer.free_slots() // len(queues))
+        per_queue: list[list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = []
+        for queue in queues:
+            levels = list(reversed(keys(queue).streams))
+            answer = await consumer.read_script(keys=levels, args=[GROUP, consumer.name, share])
+            per_queue.append(
+                [(stream, i, _fields(f), False) for stream, entries in answer for i, f in entries]
+            )
+        if not any(per_queue):
+            # all empty: wait for new work; a few may come back at once, at most one per stream
+            response = await reader.xreadgroup(
+                GROUP, consumer.name, dict.fromkeys(streams, ">"), count=1, block=1000
+            )
+            grouped: dict[str, list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = {}
+            for stream, entries in response or ():  # in the order asked: high levels first
+                batch = grouped.setdefault(queue_of[stream], [])
+                batch.extend((stream, i, f, False) for i, f in entries)
+            per_queue = list(grouped.values())
+        for round_ in itertools.zip_longest(*per_queue):  # interleave the queues
             out.extend(entry for entry in round_ if entry is not None)
         return out
 
     def _delivery(
-        self, consumer: _Consumer, queue: str, entry_id: bytes, fields: dict[bytes, bytes]
+        self,
+        consumer: _Consumer,
+        queue: str,
+        stream: bytes,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
     ) -> RedisDelivery:
         envelope = fields.get(b"e", b"")
         try:
@@ -283,7 +352,9 @@ class RedisBroker:
             # Not ours to run; surface it to the worker as an undecodable body so it is
             # dead-lettered with a reason through the one rejection path.
             headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
-        return RedisDelivery(body, headers, queue, False, entry_id, envelope, consumer)
+        return RedisDelivery(
+            body, headers, queue, False, stream.decode(), entry_id, envelope, consumer
+        )
 
     async def ack_many(self, deliveries: Sequence[RedisDelivery]) -> None:
         """XACK + XDEL of a whole batch in one pipelined round trip."""
@@ -292,7 +363,7 @@ class RedisBroker:
             return
         by_stream: dict[str, list[bytes]] = {}
         for delivery in pending:
-            by_stream.setdefault(keys(delivery.queue)[0], []).append(delivery.entry_id)
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
         async with translated(self.url, BrokerConnectionError):
             pipe = self._clients.get().pipeline(transaction=False)
             for stream, ids in by_stream.items():
@@ -303,7 +374,7 @@ class RedisBroker:
             delivery._done()
 
     async def _settle(self, delivery: RedisDelivery, requeue: bool, reason: str) -> None:
-        stream, _, dead = keys(delivery.queue)
+        stream, dead = delivery.stream, keys(delivery.queue).dead
         target, extra = (stream, ["r", "1"]) if requeue else (dead, ["reason", reason])
         async with translated(self.url, BrokerConnectionError):
             await self._clients.get().eval(
@@ -330,8 +401,15 @@ class RedisBroker:
         client = self._clients.get()
         async with translated(self.url, BrokerConnectionError):
             for queue in self._declared:
-                stream, delayed, _ = keys(queue)
-                await client.eval(MOVE_DUE, 2, delayed, stream, int(time.time() * 1000), 500)
+                queue_keys = keys(queue)
+                await client.eval(
+                    MOVE_DUE,
+                    1 + LEVELS,
+                    queue_keys.delayed,
+                    *queue_keys.streams,
+                    int(time.time() * 1000),
+                    500,
+                )
             await self._refresh_leases(client)
 
     async def _refresh_leases(self, client: Any) -> None:
@@ -339,32 +417,35 @@ class RedisBroker:
         for consumer in list(self._consumers):
             by_stream: dict[str, list[bytes]] = {}
             for delivery in consumer.held.values():
-                by_stream.setdefault(keys(delivery.queue)[0], []).append(delivery.entry_id)
+                by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
             for stream, ids in by_stream.items():
                 await client.xclaim(stream, GROUP, consumer.name, 0, ids, justid=True)
 
     async def purge(self, queue: str) -> int:
-        stream, delayed, _ = keys(queue)
+        queue_keys = keys(queue)
         client = self._clients.get()
         async with translated(self.url, BrokerConnectionError):
             pipe = client.pipeline(transaction=True)
-            pipe.xlen(stream)
-            pipe.zcard(delayed)
-            pipe.delete(stream, delayed)
-            ready, waiting, _ = await pipe.execute()
+            for stream in queue_keys.streams:
+                pipe.xlen(stream)
+            pipe.zcard(queue_keys.delayed)
+            pipe.delete(*queue_keys.streams, queue_keys.delayed)
+            counts = await pipe.execute()
             self._declared.discard(queue)
-        return int(ready) + int(waiting)
+        return sum(int(n) for n in counts[:-1])
 
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
-        stream, _, dead = keys(queue)
+        queue_keys = keys(queue)
         async with translated(self.url, BrokerConnectionError):
-            moved = await self._clients.get().eval(REQUEUE_DEAD, 2, dead, stream, limit)
+            moved = await self._clients.get().eval(
+                REQUEUE_DEAD, 2, queue_keys.dead, queue_keys.streams[0], limit
+            )
         return int(moved)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         client = self._clients.get()
         async with translated(self.url, BrokerConnectionError):
-            entries: Any = await client.xrange(keys(queue)[2], count=limit)
+            entries: Any = await client.xrange(keys(queue).dead, count=limit)
         out = []
         for _, fields in entries:
             try:
