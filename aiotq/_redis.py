@@ -17,7 +17,9 @@ from .urls import mask_password
 CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
-def pool_for(url: str, max_connections: int, timeout_s: float) -> aioredis.BlockingConnectionPool:
+def pool_for(
+    url: str, max_connections: int, timeout_s: float, socket_timeout_s: float | None = None
+) -> aioredis.BlockingConnectionPool:
     """A bounded pool: callers wait for a free connection instead of opening one per task."""
     try:
         return aioredis.BlockingConnectionPool.from_url(
@@ -25,6 +27,7 @@ def pool_for(url: str, max_connections: int, timeout_s: float) -> aioredis.Block
             max_connections=max_connections,
             timeout=None,
             socket_connect_timeout=timeout_s,
+            socket_timeout=socket_timeout_s,
             health_check_interval=30,
         )
     except ValueError as exc:
@@ -52,9 +55,12 @@ class LoopClients:
             self._clients[loop] = client
         return client
 
-    def dedicated(self) -> aioredis.Redis:
-        """A client with its own single connection, for blocking reads and pub/sub."""
-        return aioredis.Redis(connection_pool=pool_for(self.url, 2, self._timeout_s))
+    def dedicated(self, socket_timeout_s: float | None = None) -> aioredis.Redis:
+        """A client with its own connection, for blocking reads and pub/sub. A socket timeout
+        above the longest BLOCK turns a wedged read into an error and a fresh connection."""
+        return aioredis.Redis(
+            connection_pool=pool_for(self.url, 2, self._timeout_s, socket_timeout_s)
+        )
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()

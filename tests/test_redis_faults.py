@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -142,3 +143,17 @@ async def test_priority_through_a_worker(redis_url: str) -> None:
             await result.get(timeout=10)
     assert order == ["high0", "high1", "high2", "low0", "low1", "low2"]
     await app.aclose()
+
+
+def test_warm_stop_right_after_a_burst_exits(app: App, redis_url: str, workers: Workers) -> None:
+    """A stop that lands while the consumer is mid-read must not wedge it (it did, about
+    half the time, before the consume loop honoured a cancellation swallowed below it)."""
+    client = redis.Redis.from_url(redis_url)
+    for _ in range(4):
+        results = [app.send_task("e2e.add", (i, i)) for i in range(5000)]
+        worker = start(redis_url, workers, "-c", "200")
+        wait_for(lambda: client.xlen("aiotq:{default}:stream") == 0, 30)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0, worker.log
+        assert results[-1].get(timeout=5) == 2 * 4999
+    client.close()

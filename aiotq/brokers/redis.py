@@ -52,6 +52,7 @@ _encode_envelope = msgspec.msgpack.Encoder().encode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 
 LEVELS = 10  # priorities 0-9
+BLOCK_S = 1.0  # longest blocking read, so a stop or a cancellation is seen within it
 
 # KEYS: one queue's streams, highest level first. Take up to ARGV[3] in that order.
 READ_BY_PRIORITY = """
@@ -113,6 +114,14 @@ def keys(queue: str) -> QueueKeys:
     base = f"aiotq:{{{queue}}}"
     streams = (f"{base}:stream", *(f"{base}:stream:p{level}" for level in range(1, LEVELS)))
     return QueueKeys(streams, f"{base}:delayed", f"{base}:dead")
+
+
+def _honour_cancellation() -> None:
+    """If a library below swallowed our CancelledError, the request is still on the task:
+    act on it here rather than read on (seen with a read cancelled mid-command)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -257,7 +266,7 @@ class RedisBroker:
         await self.declare(queues)
         consumer = _Consumer(self, prefetch)
         self._consumers.add(consumer)
-        reader = self._clients.dedicated()
+        reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
         consumer.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
         # highest level first, so one read's answer comes back in priority order per queue
         queue_of = {
@@ -267,6 +276,7 @@ class RedisBroker:
         backoff = 0.1
         try:
             while True:
+                _honour_cancellation()
                 if not fetched:
                     await consumer.wait_until(lambda: consumer.free_slots() > 0)
                     try:
@@ -326,7 +336,11 @@ class RedisBroker:
         if not any(per_queue):
             # all empty: wait for new work; a few may come back at once, at most one per stream
             response = await reader.xreadgroup(
-                GROUP, consumer.name, dict.fromkeys(streams, ">"), count=1, block=1000
+                GROUP,
+                consumer.name,
+                dict.fromkeys(streams, ">"),
+                count=1,
+                block=int(BLOCK_S * 1000),
             )
             grouped: dict[str, list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = {}
             for stream, entries in response or ():  # in the order asked: high levels first
