@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
@@ -56,6 +57,22 @@ def load_app(path: str | None) -> App:
     if len(apps) != 1:
         raise fail(f"{module_name!r} holds {len(apps)} apps; name one as {module_name}:attribute")
     return apps[0]
+
+
+def run_against(app: App, work: Callable[[], Awaitable[None]]) -> None:
+    """Run one command's work on a fresh loop, close the app's connections, and turn the
+    errors a user can cause into one clear line."""
+
+    async def go() -> None:
+        try:
+            await work()
+        finally:
+            await app.aclose()
+
+    try:
+        run(go())
+    except (AiotqError, TypeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
 
 
 def setup_logging(level: str) -> None:
@@ -158,20 +175,14 @@ def send(
         raise fail("--args takes a JSON list and --kwargs a JSON object")
 
     async def go() -> None:
-        try:
-            result = await app.asend_task(
-                name, call_args, call_kwargs, queue=queue, countdown=countdown
-            )
-            typer.echo(result.id)
-            if wait:
-                typer.echo(json.dumps(await result.get(timeout=timeout)))
-        finally:
-            await app.aclose()
+        result = await app.asend_task(
+            name, call_args, call_kwargs, queue=queue, countdown=countdown
+        )
+        typer.echo(result.id)
+        if wait:
+            typer.echo(json.dumps(await result.get(timeout=timeout)))
 
-    try:
-        run(go())
-    except (AiotqError, TypeError, TimeoutError) as exc:
-        raise fail(str(exc)) from None
+    run_against(app, go)
 
 
 @cli.command()
@@ -184,28 +195,22 @@ def result(
     app = load_app(app_option)
 
     async def go() -> None:
-        try:
-            handle = app.AsyncResult(task_id)
-            if wait:
-                await handle.get(timeout=wait, propagate=False)
-            record = await handle.refresh()
-            if record is None:
-                typer.echo(json.dumps({"id": task_id, "state": "PENDING"}))
-                return
-            out: dict[str, Any] = {"id": task_id, "state": record.state}
-            if record.state == "SUCCESS":
-                out["result"] = record.result
-            elif record.exc_type:
-                out["error"] = f"{record.exc_type}: {record.exc_message}"
-                out["traceback"] = record.traceback
-            typer.echo(json.dumps(out))
-        finally:
-            await app.aclose()
+        handle = app.AsyncResult(task_id)
+        if wait:
+            await handle.get(timeout=wait, propagate=False)
+        record = await handle.refresh()
+        if record is None:
+            typer.echo(json.dumps({"id": task_id, "state": "PENDING"}))
+            return
+        out: dict[str, Any] = {"id": task_id, "state": record.state}
+        if record.state == "SUCCESS":
+            out["result"] = record.result
+        elif record.exc_type:
+            out["error"] = f"{record.exc_type}: {record.exc_message}"
+            out["traceback"] = record.traceback
+        typer.echo(json.dumps(out))
 
-    try:
-        run(go())
-    except (AiotqError, TimeoutError) as exc:
-        raise fail(str(exc)) from None
+    run_against(app, go)
 
 
 @cli.command()
@@ -223,16 +228,10 @@ def purge(
         raise typer.Exit(1)
 
     async def go() -> None:
-        try:
-            for name in names:
-                typer.echo(f"{name}: purged {await app.broker.purge(name)} message(s)")
-        finally:
-            await app.aclose()
+        for name in names:
+            typer.echo(f"{name}: purged {await app.broker.purge(name)} message(s)")
 
-    try:
-        run(go())
-    except AiotqError as exc:
-        raise fail(str(exc)) from None
+    run_against(app, go)
 
 
 @cli.command("dead-letters")
@@ -249,21 +248,13 @@ def dead_letters(
     name = queue or app.conf.task_default_queue
 
     async def go() -> None:
-        try:
-            if requeue:
-                typer.echo(
-                    f"{name}: requeued {await app.broker.requeue_dead(name, limit)} message(s)"
-                )
-                return
-            for body, reason in await app.broker.dead_letters(name, limit):
-                typer.echo(json.dumps({"reason": reason, "body": body.decode("utf-8", "replace")}))
-        finally:
-            await app.aclose()
+        if requeue:
+            typer.echo(f"{name}: requeued {await app.broker.requeue_dead(name, limit)} message(s)")
+            return
+        for body, reason in await app.broker.dead_letters(name, limit):
+            typer.echo(json.dumps({"reason": reason, "body": body.decode("utf-8", "replace")}))
 
-    try:
-        run(go())
-    except AiotqError as exc:
-        raise fail(str(exc)) from None
+    run_against(app, go)
 
 
 def main() -> None:

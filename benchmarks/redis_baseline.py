@@ -38,17 +38,9 @@ def build(url: str) -> App:
 app = build(os.environ.get("AIOTQ_BROKER_URL", "redis://127.0.0.1:6379/11"))
 
 
-async def enqueue(producer: App, n: int) -> tuple[float, list]:  # type: ignore[type-arg]
-    add = producer.tasks["bench.add"]
-    started = time.perf_counter()
-    results = [await add.send(i, i) for i in range(n)]
-    return n / (time.perf_counter() - started), results
-
-
-async def drain(results: list, url: str) -> tuple[float, float]:  # type: ignore[type-arg]
-    env = {**os.environ, "AIOTQ_BROKER_URL": url}
+async def start_worker(url: str) -> asyncio.subprocess.Process:
+    """One worker process, as a user would start it."""
     command = [
-        sys.executable,
         "-m",
         "aiotq",
         "worker",
@@ -58,8 +50,20 @@ async def drain(results: list, url: str) -> tuple[float, float]:  # type: ignore
         "-l",
         "warning",
     ]
+    env = {**os.environ, "AIOTQ_BROKER_URL": url}
+    return await asyncio.create_subprocess_exec(sys.executable, *command, cwd=ROOT, env=env)
+
+
+async def enqueue(producer: App, n: int) -> tuple[float, list]:  # type: ignore[type-arg]
+    add = producer.tasks["bench.add"]
+    started = time.perf_counter()
+    results = [await add.send(i, i) for i in range(n)]
+    return n / (time.perf_counter() - started), results
+
+
+async def drain(results: list, url: str) -> tuple[float, float]:  # type: ignore[type-arg]
     client = redis.Redis.from_url(url)
-    worker = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env)
+    worker = await start_worker(url)
     try:
         # time from the first message taken to the stream empty (entries go on ack, and a
         # message is acked after its result is stored), so worker start-up is not counted
@@ -82,19 +86,7 @@ async def drain(results: list, url: str) -> tuple[float, float]:  # type: ignore
 
 
 async def latency(producer: App, n: int, url: str) -> list[float]:
-    env = {**os.environ, "AIOTQ_BROKER_URL": url}
-    command = [
-        sys.executable,
-        "-m",
-        "aiotq",
-        "worker",
-        "benchmarks.redis_baseline:app",
-        "-c",
-        "200",
-        "-l",
-        "warning",
-    ]
-    worker = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env)
+    worker = await start_worker(url)
     add = producer.tasks["bench.add"]
     try:
         await (await add.send(0, 0)).get(timeout=30)  # warm: the worker is up
