@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import shutil
@@ -14,11 +15,12 @@ from datetime import datetime
 import pytest
 import redis
 
-from aiotq import App
+from aiotq import App, AsyncResult, BrokerConnectionError
+from aiotq.protocol import CODECS, ResultRecord
 from aiotq.testing import run_worker
 
 from .apps import build
-from .conftest import CI, wait_for
+from .conftest import CI, async_wait_for, wait_for
 from .workerproc import WorkerProcess
 
 Workers = list[WorkerProcess]
@@ -157,3 +159,38 @@ def test_warm_stop_right_after_a_burst_exits(app: App, redis_url: str, workers: 
         assert worker.wait(10) == 0, worker.log
         assert results[-1].get(timeout=5) == 2 * 4999
     client.close()
+
+
+async def test_publish_to_unreachable_redis_fails_clearly_within_the_bound() -> None:
+    app = App("down", broker="redis://:s3cret@127.0.0.1:1/0", broker_publish_retry_s=0.5)
+
+    @app.task
+    async def ping() -> None: ...
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(
+        BrokerConnectionError,
+        match=r"cannot publish to Redis at redis://:\*\*@127\.0\.0\.1:1/0 after 0\.5s",
+    ) as info:
+        await ping.send()
+    assert loop.time() - began < 5
+    assert "s3cret" not in str(info.value)
+
+
+async def test_result_wait_survives_its_pubsub_connection_being_killed(redis_url: str) -> None:
+    app = App("wait", broker=redis_url)
+    waiting = asyncio.ensure_future(AsyncResult("late-result", app).get(timeout=15))
+    killer = redis.Redis.from_url(redis_url)
+
+    def pubsub_clients() -> list[dict]:  # type: ignore[type-arg]
+        return [c for c in killer.client_list() if c.get("sub") not in (None, "0")]
+
+    await async_wait_for(pubsub_clients, 5)  # the waiter is subscribed
+    assert killer.client_kill_filter(_type="pubsub") >= 1
+    await asyncio.sleep(0.3)  # the listener notices and re-subscribes
+    record = ResultRecord(task_id="late-result", state="SUCCESS", result=42)
+    await app.backend.store([("late-result", CODECS["json"].encode(record))], ttl_s=60)
+    assert await waiting == 42
+    killer.close()
+    await app.aclose()

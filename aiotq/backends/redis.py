@@ -62,8 +62,7 @@ class _Listener:
                 message = await self._pubsub.get_message(timeout=1.0)
             except CONNECTION_ERRORS as exc:
                 log.warning("result listener lost its connection (%s); resubscribing", exc)
-                await asyncio.sleep(0.2)
-                await self._resubscribe()
+                await self._reconnect()
                 continue
             if message is None or message.get("type") != "message":
                 continue
@@ -71,19 +70,31 @@ class _Listener:
             for inbox in self._inboxes.get(channel, ()):
                 inbox.put_nowait(message["data"])
 
-    async def _resubscribe(self) -> None:
-        """After a drop: subscribe again, then re-read every key so no store is missed."""
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await self._pubsub.reset()
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            if self._inboxes:
-                await self._pubsub.subscribe(*self._inboxes)
-            client = self._clients.get()
-            for channel, inboxes in list(self._inboxes.items()):
-                data: Any = await client.get(channel)
-                if data is not None:
-                    for inbox in inboxes:
-                        inbox.put_nowait(data)
+    async def _reconnect(self) -> None:
+        """A fresh pub/sub connection, subscribed again, then every watched key re-read, so
+        no store made while we were away is missed. Retried until it works."""
+        delay = 0.1
+        while True:
+            old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
+            with contextlib.suppress(Exception):
+                await old.aclose()  # gives its connection back to the pool
+            try:
+                async with asyncio.timeout(5):
+                    if self._inboxes:
+                        await self._pubsub.subscribe(*self._inboxes)
+                    client = self._clients.get()
+                    for channel, inboxes in list(self._inboxes.items()):
+                        data: Any = await client.get(channel)
+                        if data is not None:
+                            for inbox in inboxes:
+                                inbox.put_nowait(data)
+                return
+            except CONNECTION_ERRORS as exc:  # TimeoutError is an OSError
+                log.warning(
+                    "result listener could not resubscribe (%s); retry in %.1fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def aclose(self) -> None:
         if self._reader is not None:
