@@ -6,7 +6,6 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -77,7 +76,3 @@ async def translated(url: str, error: type[Exception]) -> AsyncIterator[None]:
         yield
     except CONNECTION_ERRORS as exc:
         raise error(f"cannot reach Redis at {mask_password(url)}: {exc}") from exc
-
-
-def decode_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

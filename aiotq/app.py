@@ -157,9 +157,6 @@ class App:
         assert self._backend is not None
         return self._backend
 
-    async def _connected_backend(self) -> Backend:
-        return self.backend
-
     # -- tasks -----------------------------------------------------------------------------
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...

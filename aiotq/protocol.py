@@ -132,10 +132,3 @@ def decode_record(data: bytes) -> ResultRecord:
     """Results are stored with their codec's first byte telling which: JSON starts with `{`."""
     codec = CODECS["json"] if data[:1] == b"{" else CODECS["msgpack"]
     return codec.decode_record(data)
-
-
-def encode_error_text(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return repr(exc)

@@ -109,7 +109,7 @@ class AsyncResult(Generic[R]):
         return exc  # type: ignore[return-value]
 
     async def _wait_ready(self, limit_s: float | None) -> ResultRecord:
-        backend = await self.app._connected_backend()
+        backend = self.app.backend
         try:
             async with asyncio.timeout(limit_s):
                 async for data in backend.watch(self.id):
@@ -126,7 +126,7 @@ class AsyncResult(Generic[R]):
 
     # -- state ---------------------------------------------------------------------------
     async def _refresh(self) -> ResultRecord | None:
-        backend = await self.app._connected_backend()
+        backend = self.app.backend
         data = await backend.get(self.id)
         self._record = decode_record(data) if data is not None else None
         return self._record
@@ -152,7 +152,7 @@ class AsyncResult(Generic[R]):
 
     def forget(self) -> Any:
         async def forget() -> None:
-            backend = await self.app._connected_backend()
+            backend = self.app.backend
             await backend.forget(self.id)
             self._record = None
 

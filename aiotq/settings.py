@@ -11,7 +11,7 @@ import difflib
 import importlib
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from types import ModuleType
 from typing import Any, Literal
@@ -40,7 +40,6 @@ class Settings(msgspec.Struct, kw_only=True):
     task_default_priority: int | None = None
     task_default_max_retries: int = 3
     task_default_retry_delay_s: float = 180.0
-    task_always_eager: bool = False
     worker_concurrency: int = 100
     worker_prefetch_multiplier: int = 1
     worker_threads: int = 10
@@ -86,7 +85,6 @@ ALIASES: dict[str, str] = {
     "celery_acks_late": "task_acks_late",
     "celery_track_started": "task_track_started",
     "celery_ignore_result": "task_ignore_result",
-    "celery_always_eager": "task_always_eager",
     "celery_timezone": "timezone",
     "celery_enable_utc": "enable_utc",
     "celery_imports": "imports",
@@ -232,7 +230,3 @@ def _load(path: str) -> object:
     for part in filter(None, attr.split(".")):
         module = getattr(module, part)
     return module
-
-
-def iter_setting_names() -> Iterable[str]:
-    return FIELDS.keys()

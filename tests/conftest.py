@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,9 +71,3 @@ async def async_wait_for(condition: Callable[[], Any], timeout: float = 10.0) ->
         if value is not None:
             return value
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

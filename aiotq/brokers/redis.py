@@ -163,13 +163,24 @@ class _Consumer:
     """Bookkeeping of one consume() call: its name and the messages it holds (read and not
     yet settled), which prefetch bounds and whose leases the tick refreshes."""
 
-    def __init__(self, broker: RedisBroker, prefetch: int) -> None:
+    def __init__(
+        self, broker: RedisBroker, queues: Sequence[str], prefetch: int, reader: Any
+    ) -> None:
         self.broker = broker
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.held: dict[bytes, RedisDelivery] = {}
         self.prefetch = prefetch
         self.slot_freed = asyncio.Event()
-        self.read_script: Any = None
+        self.reader = reader
+        self.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
+        self.queues = list(dict.fromkeys(queues))
+        # highest level first, so one read's answer comes back in priority order per queue
+        self.queue_of = {
+            stream.encode(): queue
+            for queue in self.queues
+            for stream in reversed(keys(queue).streams)
+        }
+        self.streams = [key.decode() for key in self.queue_of]
 
     def release(self, delivery: RedisDelivery) -> None:
         if self.held.pop(delivery.entry_id, None) is not None:
@@ -264,14 +275,9 @@ class RedisBroker:
 
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[RedisDelivery]:
         await self.declare(queues)
-        consumer = _Consumer(self, prefetch)
-        self._consumers.add(consumer)
         reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
-        consumer.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
-        # highest level first, so one read's answer comes back in priority order per queue
-        queue_of = {
-            stream.encode(): queue for queue in queues for stream in reversed(keys(queue).streams)
-        }
+        consumer = _Consumer(self, queues, prefetch, reader)
+        self._consumers.add(consumer)
         fetched: deque[RedisDelivery] = deque()  # read, not yet handed out
         backoff = 0.1
         try:
@@ -280,7 +286,7 @@ class RedisBroker:
                 if not fetched:
                     await consumer.wait_until(lambda: consumer.free_slots() > 0)
                     try:
-                        entries = await self._read(reader, consumer, queue_of)
+                        entries = await self._read(consumer)
                         backoff = 0.1
                     except CONNECTION_ERRORS as exc:
                         log.warning("redis connection lost (%s); retrying in %.1fs", exc, backoff)
@@ -288,7 +294,7 @@ class RedisBroker:
                         backoff = min(backoff * 2, 5.0)
                         continue
                     for stream, entry_id, fields, redelivered in entries:
-                        queue = queue_of[stream]
+                        queue = consumer.queue_of[stream]
                         delivery = self._delivery(consumer, queue, stream, entry_id, fields)
                         delivery.redelivered = redelivered or b"r" in fields
                         consumer.held[entry_id] = delivery
@@ -306,9 +312,9 @@ class RedisBroker:
             await reader.connection_pool.disconnect()
 
     async def _read(
-        self, reader: Any, consumer: _Consumer, queue_of: dict[bytes, str]
+        self, consumer: _Consumer
     ) -> list[tuple[bytes, bytes, dict[bytes, bytes], bool]]:
-        streams = [key.decode() for key in queue_of]
+        reader, streams, queue_of = consumer.reader, consumer.streams, consumer.queue_of
         out: list[tuple[bytes, bytes, dict[bytes, bytes], bool]] = []
         now = time.monotonic()
         if now - self._last_claim > self.visibility_timeout_s / 4:
@@ -324,10 +330,9 @@ class RedisBroker:
             if out:
                 log.warning("took over %d message(s) from a consumer that stopped", len(out))
                 return out
-        queues = list(dict.fromkeys(queue_of.values()))
-        share = -(-consumer.free_slots() // len(queues))
+        share = -(-consumer.free_slots() // len(consumer.queues))
         per_queue: list[list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = []
-        for queue in queues:
+        for queue in consumer.queues:
             levels = list(reversed(keys(queue).streams))
             answer = await consumer.read_script(keys=levels, args=[GROUP, consumer.name, share])
             per_queue.append(

@@ -151,12 +151,15 @@ class Executor:
             elapsed = time.perf_counter() - began
             log.error("Task %s raised unexpected: %s: %s (after %.3fs)",
                       label, _type_name(exc), exc, elapsed)  # fmt: skip
-            await self._send_links(message.link_error, (message.id, f"{_type_name(exc)}: {exc}"))
+            if message.link_error:
+                error = f"{_type_name(exc)}: {exc}"
+                await self._send_links(message.link_error, (message.id, error))
             return [*early, Outcome(message.id, self._failure(message, exc), delivery, settle)]
         elapsed = time.perf_counter() - began
         data = self._success(task, message, value)
         log.info("Task %s succeeded in %.6fs: %r", label, elapsed, value)
-        await self._send_links(message.link, (value,))
+        if message.link:
+            await self._send_links(message.link, (value,))
         return [*early, Outcome(message.id, data, delivery, settle)]
 
     def _policy(self, task: Task[Any, Any]) -> AckPolicy:
