@@ -19,6 +19,7 @@ import sys
 import time
 
 import redis
+import uvloop
 
 from aiotq import App
 
@@ -129,4 +130,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the producer on uvloop, as under uvicorn

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from .._redis import CONNECTION_ERRORS, LoopClients, translated
+from .._redis import CONNECTION_ERRORS, LoopClients, retry_may_help, translated
 from ..exceptions import BrokerConnectionError
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
@@ -265,10 +265,11 @@ class RedisBroker:
                     await client.xadd(queue_keys.streams[level], {"e": envelope})
                 return
             except CONNECTION_ERRORS as exc:
-                if time.monotonic() + backoff > deadline:
+                if time.monotonic() + backoff > deadline or not retry_may_help(exc):
+                    waited = time.monotonic() - deadline + self.publish_retry_s
                     raise BrokerConnectionError(
                         f"cannot publish to Redis at {mask_password(self.url)} "
-                        f"after {self.publish_retry_s:g}s: {exc}"
+                        f"(gave up after {waited:.1f}s): {exc}"
                     ) from exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
