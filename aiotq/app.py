@@ -15,6 +15,7 @@ import msgspec
 
 from . import result as _result
 from ._portal import Portal
+from ._sqlite import default_url
 from .backends import make_backend
 from .brokers import make_broker
 from .canvas import Signature
@@ -137,7 +138,7 @@ class App:
             for name in (settings.task_serializer, settings.result_serializer):
                 if name not in CODECS:
                     raise ConfigurationError(f"unknown serializer {name!r}")
-            broker_url = settings.broker_url or "memory://"
+            broker_url = settings.broker_url or default_url()  # the embedded SQLite file
             backend_url = settings.result_backend or broker_url
             broker = make_broker(broker_url, settings)
             self._backend = make_backend(backend_url, settings, broker)

@@ -40,6 +40,10 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     async def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task(name="e2e.now")
+    async def now() -> float:
+        return time.time()
+
     @app.task(name="e2e.mul")
     def mul(x: int, y: int) -> int:
         return x * y

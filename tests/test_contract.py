@@ -7,21 +7,26 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from aiotq.backends.memory import MemoryBackend
 from aiotq.backends.redis import RedisBackend
+from aiotq.backends.sqlite import SqliteBackend
 from aiotq.brokers.memory import MemoryBroker
 from aiotq.brokers.redis import RedisBroker
+from aiotq.brokers.sqlite import SqliteBroker
 
 pytestmark = pytest.mark.both_loops
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
     if request.param == "memory":
         instance: object = MemoryBroker()
+    elif request.param == "sqlite":
+        instance = SqliteBroker(f"sqlite:///{tmp_path}/broker.db", visibility_timeout_s=1.0)
     else:
         url = request.getfixturevalue("redis_url")
         instance = RedisBroker(url, visibility_timeout_s=1.0)
@@ -30,10 +35,12 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     await instance.aclose()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
     if request.param == "memory":
         instance: object = MemoryBackend()
+    elif request.param == "sqlite":
+        instance = SqliteBackend(f"sqlite:///{tmp_path}/backend.db")
     else:
         instance = RedisBackend(request.getfixturevalue("redis_url"))
     await instance.connect()  # type: ignore[attr-defined]

@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    def __init__(self, broker_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker_url: str | None, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        """`broker_url=None`: no broker configured, so the embedded default is used."""
         command = [sys.executable, "-m", "aiotq", "worker", "tests.apps:tq", "-l", "info", *args]
-        environment = {**os.environ, "AIOTQ_BROKER_URL": broker_url, **(env or {})}
+        environment = {**os.environ, **(env or {})}
+        environment.pop("AIOTQ_BROKER_URL", None)
         environment.pop("AIOTQ_RESULT_BACKEND", None)
+        if broker_url is not None:
+            environment["AIOTQ_BROKER_URL"] = broker_url
         self.proc = subprocess.Popen(
             command,
             cwd=ROOT,

@@ -28,7 +28,19 @@ def _redis(url: str, settings: Settings, broker: Broker) -> Any:
     )
 
 
-SCHEMES = {"memory": _memory, "redis": _redis, "rediss": _redis, "redis+socket": _redis}
+def _sqlite(url: str, settings: Settings, broker: Broker) -> Any:
+    from .sqlite import SqliteBackend
+
+    return SqliteBackend(url)
+
+
+SCHEMES = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
+    "redis+socket": _redis,
+}
 
 
 def make_backend(url: str, settings: Settings, broker: Broker) -> Backend:

@@ -32,7 +32,19 @@ def _redis(url: str, settings: Settings) -> Any:
     )
 
 
-SCHEMES = {"memory": _memory, "redis": _redis, "rediss": _redis, "redis+socket": _redis}
+def _sqlite(url: str, settings: Settings) -> Any:
+    from .sqlite import SqliteBroker
+
+    return SqliteBroker(url, visibility_timeout_s=settings.broker_visibility_timeout_s)
+
+
+SCHEMES = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
+    "redis+socket": _redis,
+}
 
 
 def make_broker(url: str, settings: Settings) -> Broker:

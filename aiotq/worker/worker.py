@@ -205,6 +205,8 @@ class Worker:
         queues = "\n".join(f".> {q}" for q in self.queues)
         broker_url = mask_password(self.app.broker.url)
         backend_url = mask_password(self.app.backend.url)
+        if settings.broker_url is None:
+            broker_url += "  (the embedded default: no broker_url configured)"
         log.info(
             "\n -------------- %s v%s\n"
             "--- ***** ----- [config]\n"

@@ -1,0 +1,175 @@
+"""SQLite result backend: results with expiry, watchers woken by a doorbell, atomic counters.
+
+One hub per event loop watches every task id its waiters care about: when a worker in any
+process stores results it rings the "results" doorbell, and the hub reads all watched ids in
+one query. So a thousand waiting `get()`s cost one query per stored batch, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+
+from .._sqlite import Database, Doorbell, Listener, transaction
+
+log = logging.getLogger("aiotq.backend")
+
+RECHECK_S = 5.0  # a waiter's safety net against a lost ring
+SWEEP_EVERY_S = 60.0  # expired results and counters are deleted at most this often
+CHUNK = 500  # ids per IN (...) query
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SqliteBackend:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db = Database(url)
+        self._bell = Doorbell(self._db.path, "results")
+        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._swept_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend({self.url!r})"
+
+    async def connect(self) -> None:
+        await self._db.run(lambda connection: None)
+
+    async def aclose(self) -> None:
+        hub = self._hubs.pop(asyncio.get_running_loop(), None)
+        if hub is not None:
+            await hub.aclose()
+        await self._db.aclose()
+        self._bell.close()
+
+    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        sweep = time.monotonic() - self._swept_at > SWEEP_EVERY_S
+        if sweep:
+            self._swept_at = time.monotonic()
+
+        def write(connection: sqlite3.Connection) -> None:
+            now = _now_ms()
+            expires = now + int(ttl_s * 1000)
+            with transaction(connection):
+                connection.executemany(
+                    "INSERT INTO results (task_id, value, version, expires_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (task_id) DO UPDATE SET value = excluded.value,"
+                    " version = excluded.version, expires_ms = excluded.expires_ms",
+                    # a version per store, so a watcher sees STARTED and then SUCCESS
+                    [(task_id, data, time.time_ns(), expires) for task_id, data in items],
+                )
+                if sweep:
+                    connection.execute("DELETE FROM results WHERE expires_ms < ?", (now,))
+                    connection.execute("DELETE FROM counters WHERE expires_ms < ?", (now,))
+            self._bell.ring()
+
+        await self._db.run(write)
+
+    async def get(self, task_id: str) -> bytes | None:
+        def read(connection: sqlite3.Connection) -> bytes | None:
+            row = connection.execute(
+                "SELECT value FROM results WHERE task_id = ? AND expires_ms > ?",
+                (task_id, _now_ms()),
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._db.run(read)
+
+    async def watch(self, task_id: str) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        hub = self._hubs.get(loop)
+        if hub is None:
+            hub = self._hubs[loop] = _Hub(self._db, self._bell.listen())
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        hub.add(task_id, inbox)
+        try:
+            while True:
+                yield await inbox.get()
+        finally:
+            hub.remove(task_id, inbox)
+
+    async def forget(self, task_id: str) -> None:
+        await self._db.run(
+            lambda connection: connection.execute(
+                "DELETE FROM results WHERE task_id = ?", (task_id,)
+            )
+        )
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        def increment(connection: sqlite3.Connection) -> int:
+            now = _now_ms()
+            (value,) = connection.execute(
+                "INSERT INTO counters (key, value, expires_ms) VALUES (?, 1, ?)"
+                " ON CONFLICT (key) DO UPDATE SET expires_ms = excluded.expires_ms,"
+                " value = CASE WHEN counters.expires_ms < ? THEN 1 ELSE counters.value + 1 END"
+                " RETURNING value",
+                (key, now + int(ttl_s * 1000), now),
+            ).fetchone()
+            return int(value)
+
+        return await self._db.run(increment)
+
+
+class _Hub:
+    """Reads the watched ids when rung (or on a slow safety timer) and feeds their inboxes."""
+
+    def __init__(self, db: Database, listener: Listener) -> None:
+        self._db = db
+        self._listener = listener
+        self._watched: dict[str, dict[asyncio.Queue[bytes], int]] = {}  # id -> inbox -> version
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="aiotq-results")
+
+    def add(self, task_id: str, inbox: asyncio.Queue[bytes]) -> None:
+        self._watched.setdefault(task_id, {})[inbox] = 0
+        self._listener.wake()  # read it now: a result stored before the wait is found at once
+
+    def remove(self, task_id: str, inbox: asyncio.Queue[bytes]) -> None:
+        inboxes = self._watched.get(task_id)
+        if inboxes is not None:
+            inboxes.pop(inbox, None)
+            if not inboxes:
+                del self._watched[task_id]
+
+    async def _run(self) -> None:
+        while True:
+            self._listener.arm()
+            try:
+                await self._deliver()
+            except sqlite3.Error as exc:  # e.g. locked past the busy timeout: try again
+                log.warning("reading results failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            await self._listener.wait(RECHECK_S if self._watched else 3600.0)
+
+    async def _deliver(self) -> None:
+        ids = list(self._watched)
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+
+            def read(connection: sqlite3.Connection) -> list[tuple[str, bytes, int]]:
+                return connection.execute(
+                    "SELECT task_id, value, version FROM results WHERE expires_ms > ?"
+                    f" AND task_id IN ({','.join('?' * len(chunk))})",  # noqa: B023
+                    (_now_ms(), *chunk),  # noqa: B023
+                ).fetchall()
+
+            for task_id, value, version in await self._db.run(read):
+                for inbox, seen in list(self._watched.get(task_id, {}).items()):
+                    if version > seen:
+                        self._watched[task_id][inbox] = version
+                        inbox.put_nowait(bytes(value))
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._listener.close()
