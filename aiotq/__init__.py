@@ -32,6 +32,7 @@ from .exceptions import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from .log import get_task_logger
 from .result import AsyncResult
 from .task import Request, Task
 from .worker.execute import AckPolicy
@@ -63,6 +64,7 @@ __all__ = [
     "TimeLimitExceeded",
     "Worker",
     "__version__",
+    "get_task_logger",
     "signature",
     "states",
 ]

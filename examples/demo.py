@@ -10,12 +10,12 @@ results arrive, prints a summary and stops the worker with SIGTERM. Run: `make d
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import sys
 import time
 
 from aiotq import App
+from examples._gateway import GatewayError, post_sms, start_gateway
 
 TASKS = 2000
 CONCURRENCY = 200
@@ -26,10 +26,6 @@ QUEUE = "demo-sms"
 app = App("demo", task_default_queue=QUEUE)  # no broker configured: the embedded default
 
 
-class GatewayError(Exception):
-    pass
-
-
 @app.task(
     name="demo.send_sms",  # run as __main__ here, imported as examples.demo by the worker
     autoretry_for=(GatewayError,),
@@ -38,40 +34,8 @@ class GatewayError(Exception):
     retry_backoff_max=2,
 )
 async def send_sms(port: int, phone: str, text: str) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    body = f'{{"to": "{phone}", "text": "{text}"}}'.encode()
-    writer.write(
-        b"POST /sms HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
-    )
-    await writer.drain()
-    status_line = await reader.readline()
-    writer.close()
-    await writer.wait_closed()
-    status = int(status_line.split()[1])
-    if status != 200:
-        raise GatewayError(f"gateway answered {status}")
+    await post_sms(port, phone, text)
     return "sent"
-
-
-async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A stand-in SMS gateway: 100 ms per request, 2% transient failures."""
-    headers = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        (
-            int(line.split(b":")[1])
-            for line in headers.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        ),
-        0,
-    )
-    await reader.readexactly(length)
-    await asyncio.sleep(GATEWAY_DELAY_S)
-    status = b"503 Service Unavailable" if random.random() < 0.02 else b"200 OK"
-    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    await writer.drain()
-    writer.close()
 
 
 def progress(done: int, total: int, started: float) -> None:
@@ -90,8 +54,7 @@ async def start_worker() -> asyncio.subprocess.Process:
 
 
 async def main() -> None:
-    server = await asyncio.start_server(gateway, "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await start_gateway(GATEWAY_DELAY_S, failure_rate=0.02)
     print(f"gateway on 127.0.0.1:{port} ({GATEWAY_DELAY_S * 1000:.0f} ms per request)")
     stale = await app.broker.purge(QUEUE)  # from an earlier, interrupted demo
     worker = await start_worker()
