@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from . import result as states
 from .app import App
-from .canvas import Signature
+from .canvas import Signature, chain, chord, group
 from .exceptions import (
     AiotqError,
     BackendConnectionError,
@@ -33,7 +33,7 @@ from .exceptions import (
     TimeLimitExceeded,
 )
 from .log import get_task_logger
-from .result import AsyncResult
+from .result import AsyncResult, GroupResult
 from .task import Request, Task
 from .worker.execute import AckPolicy
 from .worker.worker import Worker
@@ -50,6 +50,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "ConfigurationError",
+    "GroupResult",
     "MaxRetriesExceededError",
     "MessageRejected",
     "NotRegistered",
@@ -64,7 +65,10 @@ __all__ = [
     "TimeLimitExceeded",
     "Worker",
     "__version__",
+    "chain",
+    "chord",
     "get_task_logger",
+    "group",
     "signature",
     "states",
 ]

@@ -18,9 +18,9 @@ from ._portal import Portal
 from ._sqlite import default_url
 from .backends import make_backend
 from .brokers import make_broker
-from .canvas import Signature
+from .canvas import Signature, chord_ref, signature_list
 from .exceptions import ConfigurationError
-from .protocol import CODECS, Message, SignatureData
+from .protocol import CODECS, Message
 from .routing import resolve_route
 from .settings import Config, Settings, settings_from_object
 from .task import Task, current_request
@@ -37,6 +37,7 @@ SEND_OPTIONS = frozenset(
         "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority",
         "task_id", "headers", "ignore_result", "link", "link_error", "time_limit",
         "soft_time_limit", "serializer", "retries", "parent_id", "root_id", "group_id",
+        "chain", "chord",
     }
 )  # fmt: skip
 
@@ -254,8 +255,10 @@ class App:
             parent_id=parent_id,
             root_id=root_id or task_id,
             group_id=opt.get("group_id"),
-            link=_signatures(opt.get("link")),
-            link_error=_signatures(opt.get("link_error")),
+            link=signature_list(opt.get("link")),
+            link_error=signature_list(opt.get("link_error")),
+            chain=signature_list(opt.get("chain")),
+            chord=chord_ref(opt.get("chord")),
             ignore_result=bool(opt.get("ignore_result", False)),
             priority=opt.get("priority", task.priority if task else settings.task_default_priority),
             queue=opt.get("queue") or (task.queue if task else None) or settings.task_default_queue,
@@ -302,21 +305,6 @@ class App:
         from .worker.worker import Worker
 
         return Worker(self, **options)
-
-
-def _signatures(value: Any) -> list[SignatureData]:
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, Signature):
-            out.append(item.data())
-        elif isinstance(item, SignatureData):
-            out.append(item)
-        else:
-            raise TypeError(f"link/link_error takes signatures (task.s(...)), got {item!r}")
-    return out
 
 
 def _encode_error(message: Message, serializer: str, exc: Exception) -> TypeError:

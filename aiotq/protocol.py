@@ -27,13 +27,24 @@ READY_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 class SignatureData(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A task call as plain data (used by link / link_error callbacks and the canvas)."""
+    """A task call, or a chain / group / chord of them, as plain data inside messages."""
 
-    task: str
+    task: str = ""
     args: list[Any] = msgspec.field(default_factory=list)
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     immutable: bool = False
+    kind: Literal["task", "chain", "group", "chord"] = "task"
+    tasks: list[SignatureData] = msgspec.field(default_factory=list)  # steps, members, header
+    body: SignatureData | None = None  # a chord's callback
+
+
+class ChordRef(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Carried by each member of a chord's header: which chord, how many, what to call."""
+
+    group_id: str
+    size: int
+    body: SignatureData
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -54,6 +65,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     group_id: str | None = None
     link: list[SignatureData] = msgspec.field(default_factory=list)
     link_error: list[SignatureData] = msgspec.field(default_factory=list)
+    chain: list[SignatureData] = msgspec.field(default_factory=list)  # the steps after this
+    chord: ChordRef | None = None
     ignore_result: bool = False
     priority: int | None = None
     queue: str | None = None
@@ -76,6 +89,7 @@ class ResultRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     retries: int = 0
     task: str | None = None
     parent_id: str | None = None
+    children: list[str] = msgspec.field(default_factory=list)  # ids of links, chain's next
 
 
 class Codec:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
 
 from ._portal import in_running_loop
 from .exceptions import TaskError
@@ -193,6 +195,111 @@ class AsyncResult(Generic[R]):
         return datetime.fromtimestamp(record.date_done_s, UTC)
 
     @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """Results of what this task's success sent: its links, a chain's next step."""
+        record = self._current()
+        return [AsyncResult(i, self.app, parent=self) for i in (record.children if record else [])]
+
+    @property
     def retries(self) -> int:
         record = self._current()
         return record.retries if record else 0
+
+
+class GroupResult:
+    """The results of a group's members, in the order they were given.
+
+    Like AsyncResult: awaited in async code, blocking in sync code."""
+
+    def __init__(self, id: str, results: list[AsyncResult[Any]], app: App) -> None:
+        self.id = id
+        self.results = results
+        self.children = results
+        self.app = app
+        self.parent: AsyncResult[Any] | GroupResult | None = None
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Any:
+        if in_running_loop():
+            return coro
+        return self.app._portal.call(coro)
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Every member's result, in call order; the first failure raises (propagate)."""
+        return self._run(self._get(timeout, propagate))
+
+    join = get
+
+    async def _get(self, limit_s: float | None, propagate: bool) -> list[Any]:
+        deadline = None if limit_s is None else asyncio.get_running_loop().time() + limit_s
+        values = []
+        for result in self.results:
+            left = (
+                None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+            )
+            values.append(await result._get(left, propagate))
+        return values
+
+    async def _states(self) -> list[str]:
+        return [await result._state_now() for result in self.results]
+
+    def ready(self) -> Any:
+        """True when every member finished (successfully or not)."""
+        return self._run(self._count(lambda state: state in READY_STATES, all_=True))
+
+    def successful(self) -> Any:
+        return self._run(self._count(lambda state: state == SUCCESS, all_=True))
+
+    def failed(self) -> Any:
+        """True when any member failed."""
+        return self._run(self._count(lambda state: state == FAILURE, any_=True))
+
+    def waiting(self) -> Any:
+        return self._run(self._count(lambda state: state not in READY_STATES, any_=True))
+
+    def completed_count(self) -> Any:
+        """How many members finished successfully (Celery's meaning)."""
+        return self._run(self._count(lambda state: state == SUCCESS))
+
+    async def _count(self, test: Any, all_: bool = False, any_: bool = False) -> Any:
+        hits = sum(1 for state in await self._states() if test(state))
+        if all_:
+            return hits == len(self.results)
+        if any_:
+            return hits > 0
+        return hits
+
+    def forget(self) -> Any:
+        async def forget() -> None:
+            for result in self.results:
+                await result.app.backend.forget(result.id)
+
+        return self._run(forget())
+
+    @classmethod
+    def restore(cls, group_id: str, app: App) -> Any:
+        """The GroupResult of a chord's header by its id (the backend keeps the member ids)."""
+
+        async def restore() -> GroupResult | None:
+            from .canvas import group_meta_key
+
+            data = await app.backend.get(group_meta_key(group_id))
+            if data is None:
+                return None
+            ids = msgspec.json.decode(data, type=list[str])
+            return cls(group_id, [AsyncResult(i, app) for i in ids], app)
+
+        if in_running_loop():
+            return restore()
+        return app._portal.call(restore())

@@ -40,6 +40,22 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     async def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task(name="e2e.xsum")
+    async def xsum(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    @app.task(name="e2e.scan")
+    async def scan(x: int, y: int) -> int:
+        return x - y
+
+    @app.task(name="e2e.fail")
+    async def fail(*args: object) -> None:
+        raise ValueError(f"failed on purpose with {list(args)}")
+
+    @app.task(name="e2e.on_error")
+    async def on_error(task_id: str, error: str) -> str:
+        return f"{task_id} failed: {error}"
+
     @app.task(name="e2e.now")
     async def now() -> float:
         return time.time()

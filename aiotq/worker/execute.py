@@ -11,17 +11,19 @@ import contextvars
 import enum
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..canvas import Signature
 from ..exceptions import MessageRejected, NotRegistered, Reject, Retry, TaskRevoked
 from ..protocol import CODECS, Message, ResultRecord, decode_message
 from ..task import Request, Task, current_request
+from .followups import FollowUps, children_of, has_followups
 from .limits import RateLimiter, with_limits
 from .process import ProcessPool, error_info, pack_call, run_in_child, unpack_answer
 
@@ -53,6 +55,7 @@ class Outcome:
     delivery: Delivery | None
     settle: Settle
     reason: str | None = None
+    after: Callable[[], Awaitable[None]] | None = None  # follow-ups, once the result is stored
 
 
 class WorkerLost(Exception):
@@ -88,6 +91,7 @@ class Executor:
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
         self.processes = ProcessPool(processes)
         self._limiters: dict[str, RateLimiter] = {}
+        self.followups = FollowUps(app)
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
@@ -106,14 +110,15 @@ class Executor:
         if task is None:
             reason = f"unknown task {message.task!r} (not registered in this worker)"
             log.error("Rejected message %s: %s", message.id, reason)
-            record = self._failure(message, NotRegistered(reason))
-            return [Outcome(message.id, record, delivery, Settle.DEAD_LETTER, reason)]
+            data = self._failure(message, NotRegistered(reason))
+            return [Outcome(message.id, data, delivery, Settle.DEAD_LETTER, reason)]
         label = f"{message.task}[{message.id}]"
         log.info("Task %s received", label)
         if message.expires_at_s is not None and time.time() > message.expires_at_s:
             log.warning("Task %s expired; not run", label)
-            record = self._failure(message, TaskRevoked(f"task {label} expired"), state="REVOKED")
-            return [Outcome(message.id, record, delivery, Settle.ACK)]
+            expired = TaskRevoked(f"task {label} expired")
+            record = self._failure_record(message, expired, state="REVOKED")
+            return [self._failed(message, record, delivery, Settle.ACK)]
 
         policy = self._policy(task)
         settle = Settle.ACK
@@ -151,16 +156,11 @@ class Executor:
             elapsed = time.perf_counter() - began
             log.error("Task %s raised unexpected: %s: %s (after %.3fs)",
                       label, _type_name(exc), exc, elapsed)  # fmt: skip
-            if message.link_error:
-                error = f"{_type_name(exc)}: {exc}"
-                await self._send_links(message.link_error, (message.id, error))
-            return [*early, Outcome(message.id, self._failure(message, exc), delivery, settle)]
+            record = self._failure_record(message, exc)
+            return [*early, self._failed(message, record, delivery, settle)]
         elapsed = time.perf_counter() - began
-        data = self._success(task, message, value)
         log.info("Task %s succeeded in %.6fs: %r", label, elapsed, value)
-        if message.link:
-            await self._send_links(message.link, (value,))
-        return [*early, Outcome(message.id, data, delivery, settle)]
+        return [*early, self._succeeded(task, message, value, delivery, settle)]
 
     def _policy(self, task: Task[Any, Any]) -> AckPolicy:
         late = task.acks_late if task.acks_late is not None else self.settings.task_acks_late
@@ -265,6 +265,8 @@ class Executor:
         return Outcome(message.id, self.result_codec.encode(record), delivery, settle)
 
     def _ignore(self, task: Task[Any, Any], message: Message) -> bool:
+        if message.chord is not None:
+            return False  # the chord's body needs every member's result
         if message.ignore_result:
             return True
         return bool(
@@ -273,37 +275,51 @@ class Executor:
             else self.settings.task_ignore_result
         )
 
-    def _success(self, task: Task[Any, Any], message: Message, value: Any) -> bytes | None:
-        if self._ignore(task, message):
-            return None
-        record = ResultRecord(
-            task_id=message.id, state="SUCCESS", result=value, date_done_s=time.time(),
-            retries=message.retries, task=message.task, parent_id=message.parent_id,
-        )  # fmt: skip
-        try:
-            return self.result_codec.encode(record)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            error = TypeError(
-                f"result of {message.task} ({type(value).__name__}) cannot be stored as "
-                f"{self.result_codec.name}: {exc}"
-            )
-            log.error("Task %s[%s] failed: %s", message.task, message.id, error)
-            return self._failure(message, error)
+    def _succeeded(
+        self, task: Task[Any, Any], message: Message, value: Any, delivery: Delivery, settle: Settle
+    ) -> Outcome:
+        """Store the value (unless ignored), then the follow-ups: links, chain, chord."""
+        data = None
+        if not self._ignore(task, message):
+            record = ResultRecord(
+                task_id=message.id, state="SUCCESS", result=value, date_done_s=time.time(),
+                retries=message.retries, task=message.task, parent_id=message.parent_id,
+                children=children_of(message),
+            )  # fmt: skip
+            try:
+                data = self.result_codec.encode(record)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+                error = TypeError(
+                    f"result of {message.task} ({type(value).__name__}) cannot be stored as "
+                    f"{self.result_codec.name}: {exc}"
+                )
+                log.error("Task %s[%s] failed: %s", message.task, message.id, error)
+                return self._failed(message, self._failure_record(message, error), delivery, settle)
+        after = None
+        if has_followups(message):
+            after = partial(self.followups.after_success, message, value)
+        return Outcome(message.id, data, delivery, settle, after=after)
 
     def _failure(self, message: Message, exc: BaseException, state: str = "FAILURE") -> bytes:
-        record = ResultRecord(
+        return self.result_codec.encode(self._failure_record(message, exc, state))
+
+    def _failure_record(
+        self, message: Message, exc: BaseException, state: str = "FAILURE"
+    ) -> ResultRecord:
+        return ResultRecord(
             task_id=message.id, state=state,  # type: ignore[arg-type]
             date_done_s=time.time(), retries=message.retries, task=message.task,
             parent_id=message.parent_id, **failure_fields(exc),
         )  # fmt: skip
-        return self.result_codec.encode(record)
 
-    async def _send_links(self, links: list[Any], args: tuple[Any, ...]) -> None:
-        for data in links:
-            try:
-                await Signature.from_data(data, self.app).aapply_async(args)
-            except Exception as exc:
-                log.error("could not send callback %s: %s", data.task, exc)
+    def _failed(
+        self, message: Message, record: ResultRecord, delivery: Delivery | None, settle: Settle
+    ) -> Outcome:
+        """The outcome of a task that failed (or expired): store it, then its error follow-ups."""
+        after = None
+        if has_followups(message):
+            after = partial(self.followups.after_failure, message, record)
+        return Outcome(message.id, self.result_codec.encode(record), delivery, settle, after=after)
 
 
 def _call(task: Task[Any, Any], message: Message) -> Any:

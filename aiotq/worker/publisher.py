@@ -62,6 +62,9 @@ class ResultPublisher:
                 records.append((outcome.task_id, outcome.data))
         if records:
             await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")
+        followups = [outcome.after for outcome in batch if outcome.after is not None]
+        if followups:  # after the store (a chord counts stored results), before the ack
+            await asyncio.gather(*(_logged(after) for after in followups))
         acks = [o.delivery for o in batch if o.settle is Settle.ACK and o.delivery is not None]
         if acks:
             await _retrying(partial(self._broker.ack_many, acks), "acknowledge")
@@ -70,6 +73,13 @@ class ResultPublisher:
             if delivery is not None and outcome.settle in (Settle.REQUEUE, Settle.DEAD_LETTER):
                 requeue = outcome.settle is Settle.REQUEUE
                 await _retrying(partial(delivery.reject, requeue, outcome.reason), "reject")
+
+
+async def _logged(followup: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await followup()
+    except Exception as exc:
+        log.error("follow-up of a finished task failed: %r", exc)
 
 
 async def _retrying(operation: Callable[[], Awaitable[object]], what: str) -> None:
