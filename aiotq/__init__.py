@@ -34,6 +34,7 @@ from .exceptions import (
 )
 from .log import get_task_logger
 from .result import AsyncResult, GroupResult
+from .schedules import crontab
 from .task import Request, Task
 from .worker.execute import AckPolicy
 from .worker.worker import Worker
@@ -67,6 +68,7 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "crontab",
     "get_task_logger",
     "group",
     "signature",

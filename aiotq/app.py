@@ -17,11 +17,13 @@ from . import result as _result
 from ._portal import Portal
 from ._sqlite import default_url
 from .backends import make_backend
+from .beat import Entry
 from .brokers import make_broker
 from .canvas import Signature, chord_ref, signature_list
 from .exceptions import ConfigurationError
 from .protocol import CODECS, Message
 from .routing import resolve_route
+from .schedules import crontab, schedule_of
 from .settings import Config, Settings, settings_from_object
 from .task import Task, current_request
 
@@ -82,6 +84,7 @@ class App:
         self.main = main
         self.conf = Config()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._periodic: dict[str, Entry] = {}
         updates = dict(settings)
         for key, value in (
             ("broker_url", broker),
@@ -195,6 +198,32 @@ class App:
         **options: Any,
     ) -> Signature:
         return Signature(name, args, kwargs, options=options, app=self)
+
+    def periodic(
+        self,
+        schedule: float | timedelta | crontab | None = None,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Callable[[Any], Any]:
+        """A periodic task: `@app.periodic(every=30)` or `@app.periodic(crontab(minute="*/5"))`
+        on a function (registered as a task too) or on a task. Beat sends it when due."""
+        if (schedule is None) == (every is None):
+            raise TypeError("periodic() takes a schedule or every=, one of them")
+        when = schedule_of(schedule if schedule is not None else every)
+
+        def register(fn: Any) -> Any:
+            task = fn if isinstance(fn, Task) else self.task(fn)
+            entry = Entry(
+                name or task.name, task.name, when, tuple(args), dict(kwargs or {}), options
+            )
+            self._periodic[entry.name] = entry
+            return task
+
+        return register
 
     # -- sending ---------------------------------------------------------------------------
     def send_task(

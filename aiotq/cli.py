@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -129,6 +131,9 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Name shown in logs.")
     ] = None,
+    beat: Annotated[
+        bool, typer.Option("--beat", "-B", help="Also run beat (periodic tasks) in this loop.")
+    ] = False,
 ) -> None:
     """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
     setup_logging(loglevel)
@@ -142,10 +147,49 @@ def worker(
             processes=processes,
             shutdown_timeout_s=shutdown_timeout,
             hostname=hostname,
+            beat=beat,
         )
         run(w.run())
     except AiotqError as exc:
         raise fail(str(exc)) from None
+
+
+@cli.command("beat")
+def beat_command(
+    app_path: Annotated[
+        str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")
+    ] = None,
+    app_option: AppOption = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Run beat alone: send periodic tasks when due (one leader among all beats)."""
+    setup_logging(loglevel)
+    app = load_app(app_option or app_path)
+    try:
+        run(run_beat(app))
+    except AiotqError as exc:
+        raise fail(str(exc)) from None
+
+
+async def run_beat(app: App) -> None:
+    """Until SIGTERM or SIGINT, then give the lead up and close."""
+    from .beat import Beat
+
+    app.finalize()
+    beat = Beat(app)
+    running = asyncio.create_task(beat.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, running.cancel)
+    try:
+        await running
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await app.aclose()
+        logging.getLogger("aiotq.beat").info("beat stopped.")
 
 
 def _json_arg(value: str, what: str) -> Any:

@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, kw_only=True):
     timezone: str = "UTC"
     enable_utc: bool = True
     beat_schedule: dict[str, Any] = msgspec.field(default_factory=dict)
+    beat_lease_s: float = 10.0  # a dead leader's successor takes over within this
+    beat_missed_runs: Literal["run_once", "skip"] = "run_once"  # runs due while no beat ran
     imports: list[str] = msgspec.field(default_factory=list)
     include: list[str] = msgspec.field(default_factory=list)
 

@@ -35,6 +35,11 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     # the kill tests shorten the visibility timeout through the harness's own variable
     visibility_s = float(os.environ.get("E2E_VISIBILITY_S", "60"))
     app = App("e2e", broker=broker, backend=backend, broker_visibility_timeout_s=visibility_s)
+    if os.environ.get("E2E_BEAT_EVERY_S"):  # the beat tests' schedule, for `worker -B`
+        app.conf.beat_schedule = {
+            "tick": {"task": "e2e.now", "schedule": float(os.environ["E2E_BEAT_EVERY_S"])}
+        }
+        app.conf.beat_lease_s = float(os.environ.get("E2E_BEAT_LEASE_S", "10"))
 
     @app.task(name="e2e.add")
     async def add(x: int, y: int) -> int:

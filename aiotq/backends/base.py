@@ -28,3 +28,11 @@ class Backend(Protocol):
     async def incr(self, key: str, ttl_s: float) -> int:
         """Atomic counter (chords): add one, set the TTL, return the new value."""
         ...
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew a named lease for `ttl_s` (beat's leader): True when `holder` has it,
+        False while another holder's lease runs. Atomic across processes."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None:
+        """Give the lease up now if `holder` has it, so another can take it at once."""

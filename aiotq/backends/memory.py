@@ -14,6 +14,7 @@ class MemoryBackend:
         self._lock = threading.Lock()
         self._data: dict[str, tuple[bytes, float]] = {}
         self._counters: dict[str, tuple[int, float]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
         self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
 
     async def connect(self) -> None:
@@ -71,3 +72,17 @@ class MemoryBackend:
                 value = 0
             self._counters[key] = (value + 1, now + ttl_s)
             return value + 1
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            current, until = self._leases.get(name, (holder, 0.0))
+            if current != holder and until > now:
+                return False
+            self._leases[name] = (holder, now + ttl_s)
+            return True
+
+    async def release(self, name: str, holder: str) -> None:
+        with self._lock:
+            if self._leases.get(name, ("", 0.0))[0] == holder:
+                del self._leases[name]

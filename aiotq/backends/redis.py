@@ -23,6 +23,21 @@ from ..urls import mask_password
 log = logging.getLogger("aiotq.backend.redis")
 
 
+# Take the lease if free or ours (and renew it); 1 when we hold it after the call.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def result_key(task_id: str) -> str:
     return f"aiotq:result:{task_id}"
 
@@ -181,3 +196,14 @@ class RedisBackend:
             pipe.expire(f"aiotq:counter:{key}", max(1, int(ttl_s)))
             value, _ = await pipe.execute()
         return int(value)
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        async with translated(self.url, BackendConnectionError):
+            taken = await self._clients.get().eval(
+                LEASE, 1, f"aiotq:lease:{name}", holder, max(1, int(ttl_s * 1000))
+            )
+        return bool(taken)
+
+    async def release(self, name: str, holder: str) -> None:
+        async with translated(self.url, BackendConnectionError):
+            await self._clients.get().eval(RELEASE, 1, f"aiotq:lease:{name}", holder)

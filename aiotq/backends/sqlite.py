@@ -118,6 +118,31 @@ class SqliteBackend:
 
         return await self._db.run(increment)
 
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        def take(connection: sqlite3.Connection) -> bool:
+            now = _now_ms()
+            with transaction(connection):
+                connection.execute(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                    " until_ms = excluded.until_ms"
+                    " WHERE leases.holder = excluded.holder OR leases.until_ms < ?",
+                    (name, holder, now + int(ttl_s * 1000), now),
+                )
+                (current,) = connection.execute(
+                    "SELECT holder FROM leases WHERE name = ?", (name,)
+                ).fetchone()
+            return bool(current == holder)
+
+        return await self._db.run(take)
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._db.run(
+            lambda connection: connection.execute(
+                "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)
+            )
+        )
+
 
 class _Hub:
     """Reads the watched ids when rung (or on a slow safety timer) and feeds their inboxes."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..beat import Beat
 from ..exceptions import AiotqError, BrokerConnectionError
 from ..urls import mask_password
 from .execute import Executor, Outcome, Settle
@@ -45,9 +46,12 @@ class Worker:
         shutdown_timeout_s: float | None = None,
         hostname: str | None = None,
         handle_signals: bool = True,
+        beat: bool = False,
     ) -> None:
         self.app = app
         settings = app.finalize()
+        # -B: beat is one more coroutine of this loop (entries checked now, before start)
+        self.beat = Beat(app) if beat else None
         self.queues = list(queues or [settings.task_default_queue])
         self.concurrency = concurrency or settings.worker_concurrency
         self.prefetch = self.concurrency * (
@@ -108,11 +112,16 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 publishing = group.create_task(publisher.run(), name="result-publisher")
                 ticking = group.create_task(self._tick(), name="scheduler-tick")
+                beating = None
+                if self.beat is not None:
+                    beating = group.create_task(self.beat.run(), name="beat")
                 await broker.declare(self.queues)
                 consumer = group.create_task(self._consume(executor, publisher), name="consumer")
                 self.ready.set()
                 log.info("%s ready.", self.hostname)
                 await self._stop.wait()
+                if beating is not None:
+                    beating.cancel()  # first: hand the lead over while the rest finishes
                 consumer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
