@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -78,7 +79,7 @@ async def test_embedded_beat_sends_on_schedule() -> None:
     app.conf.beat_schedule = {"tick": {"task": "beat.tick", "schedule": 0.2}}
     async with run_worker(app, beat=True):
         await async_wait_for(lambda: len(ran) >= 5, 5)
-    gaps = [b - a for a, b in zip(ran, ran[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ran)]
     assert all(0.1 < gap < 0.35 for gap in gaps), gaps
 
 
