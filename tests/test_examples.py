@@ -12,12 +12,12 @@ import pytest
 from .workerproc import ROOT
 
 
-def run_example(name: str, home: Path, timeout: float = 90) -> str:
+def run_example(name: str, home: Path, timeout: float = 90, args: tuple[str, ...] = ()) -> str:
     env = {**os.environ, "AIOTQ_HOME": str(home)}  # the default broker's file goes here
     for variable in ("AIOTQ_BROKER_URL", "AIOTQ_RESULT_BACKEND"):
         env.pop(variable, None)
     proc = subprocess.run(
-        [sys.executable, "-m", f"examples.{name}"],
+        [sys.executable, "-m", f"examples.{name}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -69,3 +69,15 @@ def test_retry_div(tmp_path: Path) -> None:
     # the task logger names the task and its id, and shows self.request
     assert out.count("examples.retry.tasks.div[") >= 5
     assert "task.args      : [2, 0]" in out
+
+
+def test_periodic(tmp_path: Path) -> None:
+    os.environ["PERIODIC_EVERY_S"] = "0.5"  # the 30-second entry, shortened for the test
+    try:
+        out = run_example("periodic", tmp_path, args=("2.5",))
+    finally:
+        del os.environ["PERIODIC_EVERY_S"]
+    assert "mul-on-weekday-mornings: <crontab: 30 7 * * mon-fri>, next at" in out
+    assert out.count("Scheduler: Sending due task mul-every-30-seconds") >= 3
+    assert "examples.periodic.tasks.mul[" in out and "succeeded in" in out and ": 256" in out
+    assert "heartbeat[" in out and "still here" in out
