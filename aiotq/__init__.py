@@ -34,6 +34,7 @@ from .exceptions import (
 )
 from .log import get_task_logger
 from .result import AsyncResult, GroupResult
+from .routing import Exchange, Queue
 from .schedules import crontab
 from .task import Request, Task
 from .worker.execute import AckPolicy
@@ -51,10 +52,12 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "ConfigurationError",
+    "Exchange",
     "GroupResult",
     "MaxRetriesExceededError",
     "MessageRejected",
     "NotRegistered",
+    "Queue",
     "Reject",
     "Request",
     "Retry",

@@ -22,7 +22,7 @@ from .brokers import make_broker
 from .canvas import Signature, chord_ref, signature_list
 from .exceptions import ConfigurationError
 from .protocol import CODECS, Message
-from .routing import resolve_route
+from .routing import Topology, resolve_route
 from .schedules import crontab, schedule_of
 from .settings import Config, Settings, settings_from_object
 from .task import Task, current_request
@@ -144,6 +144,10 @@ class App:
                     raise ConfigurationError(f"unknown serializer {name!r}")
             broker_url = settings.broker_url or default_url()  # the embedded SQLite file
             backend_url = settings.result_backend or broker_url
+            self.topology = Topology(
+                settings.task_queues, settings.task_default_queue, settings.task_default_exchange,
+                settings.task_default_exchange_type, settings.task_default_routing_key,
+            )  # fmt: skip
             broker = make_broker(broker_url, settings)
             self._backend = make_backend(backend_url, settings, broker)
             self._broker = broker
@@ -271,6 +275,8 @@ class App:
         if countdown is not None:
             eta_at_s = time.time() + float(countdown)
         expires = opt.get("expires", task.expires if task else None)
+        queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
+        targets = self.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
         message = Message(
             id=task_id,
             task=name,
@@ -290,17 +296,20 @@ class App:
             chord=chord_ref(opt.get("chord")),
             ignore_result=bool(opt.get("ignore_result", False)),
             priority=opt.get("priority", task.priority if task else settings.task_default_priority),
-            queue=opt.get("queue") or (task.queue if task else None) or settings.task_default_queue,
+            queue=targets[0],
             routing_key=opt.get("routing_key"),
             headers=dict(opt.get("headers") or {}),
         )
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
-        await self.publish_message(message, serializer=opt.get("serializer"))
+        await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
         return _result.AsyncResult(task_id, self, task_name=name)
 
-    async def publish_message(self, message: Message, serializer: str | None = None) -> None:
-        """Encode and publish; the one path for first sends and retries."""
+    async def publish_message(
+        self, message: Message, serializer: str | None = None, queues: Sequence[str] = ()
+    ) -> None:
+        """Encode and publish to `queues` (default: the message's own queue; a fanout has
+        several); the one path for first sends and retries."""
         settings = self.finalize()
         codec = CODECS.get(serializer or settings.task_serializer)
         if codec is None:
@@ -314,9 +323,10 @@ class App:
         if message.priority is not None:
             headers["priority"] = str(message.priority)
         assert message.queue is not None
-        await self.broker.publish(
-            message.queue, body, headers, delay_s=delay_s, priority=message.priority
-        )
+        for queue in queues or [message.queue]:
+            await self.broker.publish(
+                queue, body, headers, delay_s=delay_s, priority=message.priority
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:

@@ -32,6 +32,11 @@ class Settings(msgspec.Struct, kw_only=True):
     result_expires_s: float = 86400.0
     task_default_queue: str = "default"
     task_routes: Any = None
+    task_queues: Any = None  # Queue(...) objects, or {name: {"exchange": ..., "routing_key": ...}}
+    task_default_exchange: str | None = None  # Celery's default: the default queue's name
+    task_default_exchange_type: Literal["direct", "topic", "fanout"] = "direct"
+    task_default_routing_key: str | None = None
+    broker_queue_type: Literal["classic", "quorum"] = "classic"  # RabbitMQ
     task_acks_late: bool = True
     task_track_started: bool = False
     task_ignore_result: bool = False
@@ -84,6 +89,10 @@ ALIASES: dict[str, str] = {
     "celery_task_result_expires": "result_expires_s",
     "celery_routes": "task_routes",
     "celery_default_queue": "task_default_queue",
+    "celery_queues": "task_queues",
+    "celery_default_exchange": "task_default_exchange",
+    "celery_default_exchange_type": "task_default_exchange_type",
+    "celery_default_routing_key": "task_default_routing_key",
     "celery_acks_late": "task_acks_late",
     "celery_track_started": "task_track_started",
     "celery_ignore_result": "task_ignore_result",

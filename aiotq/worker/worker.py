@@ -52,7 +52,8 @@ class Worker:
         settings = app.finalize()
         # -B: beat is one more coroutine of this loop (entries checked now, before start)
         self.beat = Beat(app) if beat else None
-        self.queues = list(queues or [settings.task_default_queue])
+        # Celery's default: every declared queue (task_queues), else the default queue
+        self.queues = list(queues or app.topology.queues or [settings.task_default_queue])
         self.concurrency = concurrency or settings.worker_concurrency
         self.prefetch = self.concurrency * (
             prefetch_multiplier or settings.worker_prefetch_multiplier
