@@ -126,7 +126,6 @@ class Topology:
                 exchange = Exchange(exchange, default_exchange_type)
             key = queue.routing_key or default_routing_key or queue.name
             self.bindings[queue.name] = Binding(queue.name, exchange.name, exchange.type, key)
-        self.arguments = {q.name: q.queue_arguments for q in _queues_of(task_queues)}
 
     @property
     def queues(self) -> list[str]:
@@ -150,6 +149,11 @@ class Topology:
                 f"{exchange_name!r} (bindings: {known})"
             )
         return hits
+
+
+def queue_arguments(task_queues: Any) -> dict[str, dict[str, Any]]:
+    """Each declared queue's `queue_arguments` (for RabbitMQ's queue declarations)."""
+    return {queue.name: queue.queue_arguments for queue in _queues_of(task_queues)}
 
 
 def _queues_of(task_queues: Any) -> list[Queue]:

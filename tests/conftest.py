@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import socket
+import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,6 +50,44 @@ def redis_url() -> Iterator[str]:
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     client.flushdb()
     client.close()
+
+
+def _rabbitmq_vhost() -> str:
+    """A RabbitMQ vhost of its own (deleted by the caller), or skip / fail as for Redis."""
+    vhost = f"aiotq-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=2):
+            pass
+    except OSError as exc:
+        server_missing("RabbitMQ at 127.0.0.1:5672", exc)
+    if shutil.which("rabbitmqctl") is None:
+        server_missing("rabbitmqctl (to make a test vhost)", FileNotFoundError("not on PATH"))
+    for command in (
+        ["add_vhost", vhost],
+        ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+    ):
+        subprocess.run(["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=30)
+    return vhost
+
+
+def _delete_vhost(vhost: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def amqp_session_url() -> Iterator[str]:
+    """A vhost for the whole session (tests use queue names of their own in it)."""
+    vhost = _rabbitmq_vhost()
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    _delete_vhost(vhost)
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A vhost of this test's own: its queues, and whatever is left in them, go with it."""
+    vhost = _rabbitmq_vhost()
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    _delete_vhost(vhost)
 
 
 def _polls(condition: Callable[[], Any], timeout: float) -> Iterator[Any]:

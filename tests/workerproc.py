@@ -22,9 +22,10 @@ class WorkerProcess:
     ) -> None:
         """`broker_url=None`: no broker configured, so the embedded default is used."""
         command = [sys.executable, "-m", "aiotq", "worker", "tests.apps:tq", "-l", "info", *args]
-        environment = {**os.environ, **(env or {})}
+        environment = dict(os.environ)
         environment.pop("AIOTQ_BROKER_URL", None)
         environment.pop("AIOTQ_RESULT_BACKEND", None)
+        environment.update(env or {})  # e.g. AIOTQ_RESULT_BACKEND for a RabbitMQ broker
         if broker_url is not None:
             environment["AIOTQ_BROKER_URL"] = broker_url
         self.proc = subprocess.Popen(

@@ -38,8 +38,23 @@ def _sqlite(url: str, settings: Settings) -> Any:
     return SqliteBroker(url, visibility_timeout_s=settings.broker_visibility_timeout_s)
 
 
+def _amqp(url: str, settings: Settings) -> Any:
+    from ..routing import queue_arguments
+    from .amqp import AmqpBroker
+
+    return AmqpBroker(
+        url,
+        connect_timeout_s=settings.broker_connection_timeout_s,
+        publish_retry_s=settings.broker_publish_retry_s,
+        queue_type=settings.broker_queue_type,
+        queue_arguments=queue_arguments(settings.task_queues),
+    )
+
+
 SCHEMES = {
     "memory": _memory,
+    "amqp": _amqp,
+    "amqps": _amqp,
     "sqlite": _sqlite,
     "redis": _redis,
     "rediss": _redis,

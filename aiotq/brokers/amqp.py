@@ -1,0 +1,425 @@
+"""RabbitMQ broker (`amqp://user:pass@host:port/vhost`, `amqps://`) on aio-pika.
+
+Queues are durable, messages persistent, every publish waits for the publisher confirm. Each
+queue `q` has a dead-letter queue `q.dead` (rejected messages, with the reason in the
+`x-aiotq-reason` header) and priorities 0-9 (`x-max-priority`; quorum queues, an option, have
+none). Routing (exchanges, routing keys) is resolved by aiotq in the producer, so a message is
+published straight to its queue through the default exchange.
+
+Delays use no plugin and hold nothing in worker memory: a fixed cascade of LEVELS TTL queues,
+level L holding a message 2**L seconds. A delayed message's routing key spells its delay in
+binary, highest level first, then the queue: `0.0.....1.0.1.sms`. Exchange `aiotq.delay.L`
+(topic) sends it to queue `aiotq.delay.L` when bit L is 1, else straight on to level L-1;
+that queue's TTL dead-letters it into `aiotq.delay.(L-1)` with the same key. After level 0,
+`aiotq.delay.deliver` routes it to the queue named after the bits. Any whole number of
+seconds up to 2**LEVELS - 1 (48 days) takes exactly that long; delays are rounded up to the
+second, so a task never starts early. (NServiceBus uses the same scheme.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from ..exceptions import BrokerConnectionError, BrokerError
+from ..urls import mask_password
+
+log = logging.getLogger("aiotq.broker")
+
+LEVELS = 22
+DELAY_PREFIX = "aiotq.delay"
+DELIVER = f"{DELAY_PREFIX}.deliver"
+REASON = "x-aiotq-reason"
+REQUEUED = "x-aiotq-requeued"  # a dead letter put back: delivered before
+CONNECTION_ERRORS = (
+    aio_pika.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ConnectionClosed,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RuntimeError)
+
+
+def delay_key(seconds: int, queue: str) -> str:
+    bits = ".".join("1" if seconds >> level & 1 else "0" for level in reversed(range(LEVELS)))
+    return f"{bits}.{queue}"
+
+
+@dataclass(eq=False)
+class AmqpDelivery:
+    body: bytes
+    headers: Mapping[str, str]
+    queue: str
+    redelivered: bool
+    _message: AbstractIncomingMessage
+    _broker: AmqpBroker
+    _state: _Consuming | None = None
+    _settled: bool = False
+    handed_out: bool = False
+
+    async def ack(self) -> None:
+        if not self._settled:
+            await self._settle(self._message.ack())
+
+    async def reject(self, requeue: bool, reason: str | None = None) -> None:
+        if self._settled:
+            return
+        if not requeue:  # the reason travels with it, so dead-letter it ourselves
+            headers = {**self.headers, REASON: reason or "rejected"}
+            await self._broker._publish_raw(f"{self.queue}.dead", self.body, headers, None)
+        await self._settle(self._message.reject(requeue=requeue))
+
+    async def _settle(self, operation: Any) -> None:
+        self._settled = True
+        try:
+            await operation
+        except SETTLE_ERRORS as exc:  # its channel is gone: RabbitMQ delivers it again
+            log.warning("could not settle %s (%s); RabbitMQ will redeliver it",
+                        self.headers.get("id", "?"), exc)  # fmt: skip
+        if self._state is not None and self.handed_out:
+            await self._state.settled()
+
+
+@dataclass(eq=False)
+class _Consuming:
+    """One consume() call: its channel, what arrived per queue, how many are handed out."""
+
+    channel: AbstractChannel
+    buffers: dict[str, deque[AmqpDelivery]]
+    outstanding: int = 0
+    closing: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self, turn: Iterator[str], prefetch: int, queues: int) -> AmqpDelivery | None:
+        if self.outstanding >= prefetch:
+            return None
+        for _ in range(queues):
+            buffer = self.buffers[next(turn)]
+            if buffer:
+                delivery = buffer.popleft()
+                delivery.handed_out = True
+                self.outstanding += 1
+                return delivery
+        return None
+
+    async def settled(self) -> None:
+        self.outstanding -= 1
+        self.changed.set()
+        await self.close_if_idle()
+
+    async def close_if_idle(self) -> None:
+        """After consume() ended and the last handed-out delivery settled: close the channel,
+        so anything RabbitMQ still had in flight to it goes back at once."""
+        if self.closing and self.outstanding == 0 and not self.channel.is_closed:
+            with contextlib.suppress(*SETTLE_ERRORS):
+                await self.channel.close()
+
+
+@dataclass(eq=False)
+class _Link:
+    """This loop's connection, its confirming publish channel and what it declared."""
+
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    declared: set[str] = field(default_factory=set)
+    delays_declared: bool = False
+    consumers: list[AbstractChannel] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class AmqpBroker:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        publish_retry_s: float = 10.0,
+        queue_type: str = "classic",
+        queue_arguments: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.publish_retry_s = publish_retry_s
+        self.queue_type = queue_type
+        self.queue_arguments = dict(queue_arguments or {})
+        self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"AmqpBroker({mask_password(self.url)!r})"
+
+    # -- connection ---------------------------------------------------------------------------
+    async def _link(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is None:
+            try:
+                connection = await aio_pika.connect_robust(
+                    self.url, timeout=self.connect_timeout_s, client_properties={"product": "aiotq"}
+                )
+            except (*CONNECTION_ERRORS, ValueError) as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach RabbitMQ at {mask_password(self.url)}: {exc}"
+                ) from exc
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            link = self._links.setdefault(loop, _Link(connection, channel))
+        return link
+
+    async def connect(self) -> None:
+        await self._link()
+
+    async def aclose(self) -> None:
+        link = self._links.pop(asyncio.get_running_loop(), None)
+        if link is not None:
+            for channel in link.consumers:  # unacknowledged deliveries go back
+                with contextlib.suppress(*SETTLE_ERRORS):
+                    await channel.close()
+            with contextlib.suppress(*SETTLE_ERRORS):
+                await link.connection.close()
+
+    # -- topology -----------------------------------------------------------------------------
+    def _arguments(self, queue: str) -> dict[str, Any]:
+        if self.queue_type == "quorum":
+            arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        else:
+            arguments = {"x-max-priority": 9}
+        return {**arguments, **self.queue_arguments.get(queue, {})}
+
+    async def _declare_queue(
+        self, channel: AbstractChannel, queue: str
+    ) -> aio_pika.abc.AbstractQueue:
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments=self._arguments(queue)
+        )
+        await channel.declare_queue(f"{queue}.dead", durable=True)
+        deliver = await channel.declare_exchange(DELIVER, aio_pika.ExchangeType.TOPIC, durable=True)
+        await declared.bind(deliver, "*." * LEVELS + queue)
+        return declared
+
+    async def _declare_delays(self, channel: AbstractChannel) -> None:
+        exchanges = [
+            await channel.declare_exchange(
+                f"{DELAY_PREFIX}.{level}", aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            for level in range(LEVELS)
+        ]
+        deliver = await channel.declare_exchange(DELIVER, aio_pika.ExchangeType.TOPIC, durable=True)
+        for level, exchange in enumerate(exchanges):
+            lower = exchanges[level - 1] if level else deliver
+            skip = "*." * (LEVELS - 1 - level)
+            queue = await channel.declare_queue(
+                f"{DELAY_PREFIX}.{level}",
+                durable=True,
+                arguments={
+                    "x-message-ttl": (2**level) * 1000,
+                    "x-dead-letter-exchange": lower.name,
+                },
+            )
+            await queue.bind(exchange, f"{skip}1.#")
+            await lower.bind(exchange, f"{skip}0.#")
+
+    async def _ensure(self, link: _Link, queue: str, delayed: bool) -> None:
+        if queue in link.declared and (link.delays_declared or not delayed):
+            return
+        async with link.lock:
+            if queue not in link.declared:
+                await self._declare_queue(link.channel, queue)
+                link.declared.add(queue)
+            if delayed and not link.delays_declared:
+                await self._declare_delays(link.channel)
+                link.delays_declared = True
+
+    async def declare(self, queues: Sequence[str]) -> None:
+        link = await self._link()
+        for queue in queues:
+            await self._ensure(link, queue, delayed=True)
+
+    # -- publishing ---------------------------------------------------------------------------
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
+    ) -> None:
+        seconds = math.ceil(delay_s) if delay_s > 0 else 0
+        if seconds >= 2**LEVELS:
+            days = (2**LEVELS) / 86400
+            raise ValueError(
+                f"a delay of {delay_s:.0f}s is past RabbitMQ's longest ({days:.0f} days)"
+            )
+        await self._publish_raw(queue, body, headers, priority, seconds)
+
+    async def _publish_raw(
+        self,
+        queue: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        priority: int | None,
+        delay_s: int = 0,
+    ) -> None:
+        """Publish to `queue` (after `delay_s` seconds) and wait for the confirm; retry on
+        connection errors within `publish_retry_s`, then name the problem."""
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers),
+            content_type=headers.get("content-type"),
+            message_id=headers.get("id"),
+            priority=priority,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        deadline = time.monotonic() + self.publish_retry_s
+        backoff = 0.05
+        while True:
+            try:
+                link = await self._link()
+                await self._ensure(link, queue.removesuffix(".dead"), delayed=delay_s > 0)
+                if delay_s:
+                    exchange = await link.channel.get_exchange(f"{DELAY_PREFIX}.{LEVELS - 1}")
+                    await exchange.publish(
+                        message, delay_key(delay_s, queue), timeout=self.publish_retry_s
+                    )
+                else:
+                    await link.channel.default_exchange.publish(
+                        message, queue, mandatory=True, timeout=self.publish_retry_s
+                    )
+                return
+            except aio_pika.exceptions.DeliveryError as exc:
+                raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
+            except (*CONNECTION_ERRORS, BrokerConnectionError) as exc:
+                if time.monotonic() + backoff > deadline:
+                    raise BrokerConnectionError(
+                        f"cannot publish to RabbitMQ at {mask_password(self.url)} "
+                        f"(gave up after {self.publish_retry_s:g}s): {exc}"
+                    ) from exc
+                await asyncio.sleep(backoff)  # the robust connection reconnects meanwhile
+                backoff = min(backoff * 2, 1.0)
+
+    async def ack_many(self, deliveries: Sequence[AmqpDelivery]) -> None:
+        for delivery in deliveries:
+            await delivery.ack()
+
+    # -- consuming ----------------------------------------------------------------------------
+    async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[AmqpDelivery]:
+        """Each queue has its own consumer with up to `prefetch` in RabbitMQ's hands; this
+        hands out at most `prefetch` unsettled in all, taking the queues in turn (fair)."""
+        link = await self._link()
+        channel = await link.connection.channel(publisher_confirms=False)
+        link.consumers.append(channel)
+        await channel.set_qos(prefetch_count=prefetch)
+        state = _Consuming(channel, {name: deque() for name in queues})
+        tags, ready = [], set()
+        for name in queues:
+            queue = await self._declare_queue(channel, name)
+            if queue.declaration_result.message_count:
+                ready.add(name)
+
+            async def on_message(message: AbstractIncomingMessage, name: str = name) -> None:
+                state.buffers[name].append(self._delivery(message, name, state))
+                state.changed.set()
+
+            tags.append((queue, await queue.consume(on_message, no_ack=False)))
+        turn = itertools.cycle(queues)
+        # Fair from the first message: queues that had messages waiting get a moment to
+        # deliver before the first one's burst is handed out (RabbitMQ starts them apart).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while any(not state.buffers[name] for name in ready):
+                    state.changed.clear()
+                    await state.changed.wait()
+        try:
+            while True:
+                delivery = state.take(turn, prefetch, len(queues))
+                if delivery is None:
+                    state.changed.clear()
+                    await state.changed.wait()
+                    continue
+                yield delivery
+        finally:
+            for queue, tag in tags:  # no new deliveries; handed-out ones stay valid
+                with contextlib.suppress(*SETTLE_ERRORS):
+                    await queue.cancel(tag)
+            state.closing = True
+            for buffer in state.buffers.values():
+                while buffer:
+                    await buffer.popleft().reject(requeue=True)
+            await state.close_if_idle()
+
+    def _delivery(
+        self, message: AbstractIncomingMessage, queue: str, state: _Consuming | None = None
+    ) -> AmqpDelivery:
+        headers = {
+            key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            for key, value in (message.headers or {}).items()
+        }
+        if "content-type" not in headers and message.content_type:
+            headers["content-type"] = message.content_type
+        redelivered = bool(message.redelivered) or REQUEUED in headers
+        return AmqpDelivery(message.body, headers, queue, redelivered, message, self, state)
+
+    async def tick(self) -> None:
+        return None  # delays live in RabbitMQ's TTL queues; leases are RabbitMQ's own
+
+    # -- administration -----------------------------------------------------------------------
+    async def purge(self, queue: str) -> int:
+        """Ready messages of the queue (delayed ones still in the delay levels are not)."""
+        link = await self._link()
+        declared = await self._declare_queue(link.channel, queue)
+        result = await declared.purge()
+        return int(result.message_count or 0)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
+        link = await self._link()
+        channel = await link.connection.channel()
+        try:
+            dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+            out = []
+            for _ in range(limit):
+                message = await dead.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                reason = (message.headers or {}).get(REASON, "")
+                out.append(
+                    (message.body, reason.decode() if isinstance(reason, bytes) else str(reason))
+                )
+            return out
+        finally:
+            await channel.close()  # unacknowledged: they all stay dead letters
+
+    async def requeue_dead(self, queue: str, limit: int = 100) -> int:
+        link = await self._link()
+        channel = await link.connection.channel()
+        moved = 0
+        try:
+            dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+            for _ in range(limit):
+                message = await dead.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                delivery = self._delivery(message, queue)
+                headers = {k: v for k, v in delivery.headers.items() if k != REASON}
+                headers[REQUEUED] = "1"
+                await self._publish_raw(queue, message.body, headers, message.priority)
+                await message.ack()
+                moved += 1
+        finally:
+            await channel.close()
+        return moved

@@ -1,0 +1,181 @@
+"""The RabbitMQ broker against the real server: routing, kills, lost connections, delays."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import aio_pika
+import pytest
+
+from aiotq import App, Queue
+from aiotq.testing import run_worker
+
+from .apps import build
+from .workerproc import WorkerProcess
+
+Start = list[WorkerProcess]
+
+
+@pytest.fixture
+def workers() -> Iterator[Start]:
+    started: Start = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def start(amqp_url: str, redis_url: str, workers: Start, *args: str) -> WorkerProcess:
+    worker = WorkerProcess(amqp_url, *args, env={"AIOTQ_RESULT_BACKEND": redis_url})
+    workers.append(worker)
+    return worker.ready()
+
+
+async def queue_depth(url: str, queue: str) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def test_seed_topic_routing_on_rabbitmq(amqp_url: str, redis_url: str) -> None:
+    app = App("projb", broker=amqp_url, backend=redis_url)
+    app.config_from_object(
+        {
+            "CELERY_QUEUES": [
+                Queue("foo", routing_key="task.#"),
+                Queue("feed_task", routing_key="*.feed"),
+            ],
+            "CELERY_DEFAULT_QUEUE": "foo",
+            "CELERY_DEFAULT_EXCHANGE": "tasks",
+            "CELERY_DEFAULT_EXCHANGE_TYPE": "topic",
+            "CELERY_DEFAULT_ROUTING_KEY": "task.foooooooo",
+            "CELERY_ROUTES": {"projb.tasks.mul": {"queue": "feed_task", "routing_key": "mul.feed"}},
+        }
+    )
+    ran: list[tuple[str, str]] = []
+
+    @app.task(name="projb.tasks.add", bind=True)
+    def add(self, x: int, y: int) -> int:  # type: ignore[no-untyped-def]
+        ran.append(("add", self.request.delivery_info["queue"]))
+        return x + y
+
+    @app.task(name="projb.tasks.mul", bind=True)
+    def mul(self, x: int, y: int) -> int:  # type: ignore[no-untyped-def]
+        ran.append(("mul", self.request.delivery_info["queue"]))
+        return x * y
+
+    sent = [
+        await add.send(3, 3),
+        await mul.send(3, 3),
+        await add.aapply_async((3, 3), queue="feed_task", routing_key="mul.feed"),
+        await mul.aapply_async((3, 3), queue="foo", routing_key="task.foooooo"),
+    ]
+    assert await queue_depth(amqp_url, "foo") == 2
+    assert await queue_depth(amqp_url, "feed_task") == 2
+    async with run_worker(app, queues=["foo", "feed_task"]):  # -Q foo,feed_task
+        assert [await r.get(timeout=10) for r in sent] == [6, 9, 6, 9]
+    assert sorted(ran) == [
+        ("add", "feed_task"),
+        ("add", "foo"),
+        ("mul", "feed_task"),
+        ("mul", "foo"),
+    ]
+    await app.aclose()
+
+
+def test_sigkill_with_50_in_flight_loses_nothing(
+    amqp_url: str, redis_url: str, workers: Start
+) -> None:
+    victim = start(amqp_url, redis_url, workers, "-c", "50")
+    app = build(amqp_url, redis_url)
+    try:
+        results = [app.send_task("e2e.sleep", (5.0, f"t{i}")) for i in range(50)]
+        victim.wait_for_log(r"e2e\.sleep\[.*\] received", times=50)
+        victim.signal(signal.SIGKILL)
+        victim.wait(10)
+        start(amqp_url, redis_url, workers, "-c", "50")  # RabbitMQ redelivers at once
+        assert sorted(r.get(timeout=30) for r in results) == sorted(f"t{i}" for i in range(50))
+    finally:
+        app.close()
+
+
+def test_closed_connections_recover_and_every_task_completes(
+    amqp_url: str, redis_url: str, workers: Start
+) -> None:
+    worker = start(amqp_url, redis_url, workers, "-c", "20")
+    app = build(amqp_url, redis_url)
+    try:
+        first = [app.send_task("e2e.sleep", (1.0, f"a{i}")) for i in range(40)]
+        worker.wait_for_log(r"e2e\.sleep\[.*\] received", times=20)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_all_connections", "test: connection lost"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        then = [app.send_task("e2e.sleep", (0.1, f"b{i}")) for i in range(20)]  # producer too
+        assert sorted(r.get(timeout=60) for r in first) == sorted(f"a{i}" for i in range(40))
+        assert sorted(r.get(timeout=60) for r in then) == sorted(f"b{i}" for i in range(20))
+        assert worker.proc.poll() is None
+    finally:
+        app.close()
+
+
+async def test_delays_fire_on_time_and_a_long_one_waits_in_rabbitmq(
+    amqp_url: str, redis_url: str
+) -> None:
+    app = build(amqp_url, redis_url)
+    now_task = app.tasks["e2e.now"]
+    due = {}
+    results = []
+    for countdown in (1, 5):
+        due[countdown] = time.time() + countdown
+        results.append((countdown, await now_task.aapply_async(countdown=countdown)))
+    await now_task.aapply_async(countdown=7200)  # two hours
+    # 7200 s = 4096 + 2048 + 1024 + 32: it waits in level 12 first, not in a worker
+    assert await queue_depth(amqp_url, "aiotq.delay.12") == 1
+    assert await queue_depth(amqp_url, "default") == 0
+    async with run_worker(app):
+        for countdown, result in results:
+            late = await result.get(timeout=countdown + 5) - due[countdown]
+            assert 0 <= late <= 1.0, (countdown, late)
+    await app.aclose()
+
+
+async def test_malformed_bodies_land_in_the_dead_letter_queue(
+    amqp_url: str, redis_url: str
+) -> None:
+    app = build(amqp_url, redis_url)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await app.broker.declare(["default"])
+        for body, content_type in [(b"{not json", "application/json"), (b"\x00\x01", None)]:
+            message = aio_pika.Message(body, content_type=content_type)
+            await channel.default_exchange.publish(message, "default")
+    async with run_worker(app):
+        assert await (await app.asend_task("e2e.add", (1, 2))).get(timeout=10) == 3
+        deadline = time.monotonic() + 10
+        while len(dead := await app.broker.dead_letters("default")) < 2:
+            assert time.monotonic() < deadline, dead
+            await asyncio.sleep(0.05)
+    assert sorted(body for body, _ in dead) == [b"\x00\x01", b"{not json"]
+    assert all(reason for _, reason in dead), dead
+    await app.aclose()
+
+
+def test_unreachable_rabbitmq_is_a_clear_error_with_the_password_masked() -> None:
+    app = App("x", broker="amqp://guest:secret@127.0.0.1:1/", broker_publish_retry_s=0.5)
+
+    @app.task
+    def noop() -> None: ...
+
+    with pytest.raises(
+        Exception, match=r"cannot reach RabbitMQ at amqp://guest:\*\*@127\.0\.0\.1:1/"
+    ) as info:
+        noop.delay()
+    assert "secret" not in str(info.value)
+    app.close()
