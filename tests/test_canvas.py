@@ -15,15 +15,19 @@ from .apps import build
 from .workerproc import WorkerProcess
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
 async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
+    backend = None
     if request.param == "memory":
         url = "memory://"
+    elif request.param == "amqp":  # RabbitMQ carries the messages, Redis keeps the results
+        url = request.getfixturevalue("amqp_url")
+        backend = request.getfixturevalue("redis_url")
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/canvas.db"
     else:
         url = request.getfixturevalue("redis_url")
-    app = build(url)
+    app = build(url, backend)
     async with run_worker(app, concurrency=20):
         yield app
     await app.aclose()

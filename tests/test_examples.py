@@ -81,3 +81,10 @@ def test_periodic(tmp_path: Path) -> None:
     assert out.count("Scheduler: Sending due task mul-every-30-seconds") >= 3
     assert "examples.periodic.tasks.mul[" in out and "succeeded in" in out and ": 256" in out
     assert "heartbeat[" in out and "still here" in out
+
+
+def test_routing(tmp_path: Path) -> None:
+    out = run_example("routing", tmp_path)
+    assert "add(3, 3) = 6 from queue foo\nmul(3, 3) = 9 from queue feed_task\n" in out
+    assert "add(3, 3) = 6 from queue feed_task\nmul(3, 3) = 9 from queue foo\n" in out
+    assert "routing_key='nowhere' -> ValueError: routing key 'nowhere' reaches no queue" in out
