@@ -143,7 +143,9 @@ class App:
                 if name not in CODECS:
                     raise ConfigurationError(f"unknown serializer {name!r}")
             broker_url = settings.broker_url or default_url()  # the embedded SQLite file
-            backend_url = settings.result_backend or broker_url
+            # RabbitMQ keeps no results: its default is rpc:// (replies to the caller's queue)
+            rabbit = broker_url.startswith(("amqp://", "amqps://"))
+            backend_url = settings.result_backend or ("rpc://" if rabbit else broker_url)
             self.topology = Topology(
                 settings.task_queues, settings.task_default_queue, settings.task_default_exchange,
                 settings.task_default_exchange_type, settings.task_default_routing_key,
@@ -277,7 +279,9 @@ class App:
         expires = opt.get("expires", task.expires if task else None)
         queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
         targets = self.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
+        reply_to = getattr(self.backend, "reply_to", None)  # rpc://: the caller's own queue
         message = Message(
+            reply_to=await reply_to() if reply_to is not None else None,
             id=task_id,
             task=name,
             args=list(args),

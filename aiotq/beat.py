@@ -91,6 +91,11 @@ class Beat:
         self.lease_s = settings.beat_lease_s
         self.missed = settings.beat_missed_runs
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        if not getattr(app.backend, "keeps_results", True):
+            raise ConfigurationError(
+                "beat keeps its leader lease and last runs in the result backend: "
+                "use redis:// or sqlite://, not rpc://"
+            )
         self.entries = entries_of(app)
         self.leading = False
         self._next: dict[str, dt.datetime] = {}

@@ -168,6 +168,11 @@ class _Canvas(Signature):
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
+        if not isinstance(self, group) and not getattr(self._app().backend, "keeps_results", True):
+            raise TypeError(
+                f"a {self.kind} needs a result backend that keeps results (redis://, sqlite://),"
+                " not rpc://: its later steps run in workers, whose results rpc:// cannot return"
+            )
         copy = self.clone()
         assert isinstance(copy, _Canvas)
         return await copy._apply(args, kwargs, **options)

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -113,3 +114,29 @@ async def async_wait_for(condition: Callable[[], Any], timeout: float = 10.0) ->
         if value is not None:
             return value
         await asyncio.sleep(0.01)
+
+
+@dataclass
+class BackgroundDelay:
+    task_id: str
+    due: float
+    worker: Any
+
+
+@pytest.fixture(scope="session")
+def background_delay(amqp_session_url: str) -> Iterator[BackgroundDelay]:
+    """A 90-second countdown on RabbitMQ, sent early in the session and checked at its end
+    (tests/test_zz_background_delay.py), with a worker consuming its queue meanwhile."""
+    from aiotq import App
+
+    from .workerproc import WorkerProcess
+
+    worker = WorkerProcess(
+        amqp_session_url, "-Q", "long-delay", env={"AIOTQ_RESULT_BACKEND": "memory://"}
+    ).ready()
+    producer = App("delay", broker=amqp_session_url, backend="memory://")
+    due = time.time() + 90
+    result = producer.send_task("e2e.now", queue="long-delay", countdown=90)
+    producer.close()
+    yield BackgroundDelay(result.id, due, worker)
+    worker.stop()

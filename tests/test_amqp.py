@@ -15,9 +15,19 @@ from aiotq import App, Queue
 from aiotq.testing import run_worker
 
 from .apps import build
+from .conftest import BackgroundDelay
 from .workerproc import WorkerProcess
 
 Start = list[WorkerProcess]
+
+
+async def test_a_90_second_delay_waits_in_the_delay_levels(
+    background_delay: BackgroundDelay, amqp_session_url: str
+) -> None:
+    """Sent now; tests/test_zz_background_delay.py checks, at the end of the suite, that it
+    ran within a second of its due time. 90 s = 64 + 16 + 8 + 2: it waits in level 6 first."""
+    assert background_delay.due - time.time() > 60
+    assert await queue_depth(amqp_session_url, "aiotq.delay.6") >= 1
 
 
 @pytest.fixture
@@ -179,3 +189,32 @@ def test_unreachable_rabbitmq_is_a_clear_error_with_the_password_masked() -> Non
         noop.delay()
     assert "secret" not in str(info.value)
     app.close()
+
+
+async def test_rpc_backend_returns_results_to_the_caller_only(amqp_url: str) -> None:
+    app = build(amqp_url)  # no backend configured: RabbitMQ's default is rpc://
+    assert app.backend.url == "rpc://"
+    add = app.tasks["e2e.add"]
+    async with run_worker(app):
+        result = await add.send(20, 22)
+        assert await result.get(timeout=10) == 42  # woken by the reply message
+        failed = await app.asend_task("e2e.fail", ("x",))
+        with pytest.raises(ValueError, match="on purpose"):
+            await failed.get(timeout=10)
+        elsewhere = build(amqp_url)  # another producer: rpc:// keeps nothing it could read
+        with pytest.raises(TimeoutError):
+            await elsewhere.AsyncResult(result.id).get(timeout=0.5)
+        await elsewhere.aclose()
+        with pytest.raises(TypeError, match="needs a result backend that keeps results"):
+            await (add.s(1, 1) | add.s(2)).send()
+    await app.aclose()
+
+
+def test_rpc_backend_from_sync_code(amqp_url: str, workers: Start) -> None:
+    worker = WorkerProcess(amqp_url)  # its results go back to this process's reply queue
+    workers.append(worker.ready())
+    app = build(amqp_url)
+    try:
+        assert app.tasks["e2e.mul"].delay(6, 7).get(timeout=10) == 42
+    finally:
+        app.close()

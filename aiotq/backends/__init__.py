@@ -34,7 +34,14 @@ def _sqlite(url: str, settings: Settings, broker: Broker) -> Any:
     return SqliteBackend(url)
 
 
+def _rpc(url: str, settings: Settings, broker: Broker) -> Any:
+    from .rpc import RpcBackend
+
+    return RpcBackend(url, broker)
+
+
 SCHEMES = {
+    "rpc": _rpc,
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,

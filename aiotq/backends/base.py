@@ -7,6 +7,10 @@ from typing import Protocol
 
 
 class Backend(Protocol):
+    """Optional, for rpc://: `keeps_results = False`, `async reply_to() -> str` (the producer
+    names its reply queue in each message) and `expect_reply(task_id, reply_to)` (the worker
+    notes where a task's states go)."""
+
     url: str
 
     async def connect(self) -> None: ...

@@ -112,6 +112,10 @@ class Executor:
             log.error("Rejected message %s: %s", message.id, reason)
             data = self._failure(message, NotRegistered(reason))
             return [Outcome(message.id, data, delivery, Settle.DEAD_LETTER, reason)]
+        if message.reply_to is not None:  # rpc://: results go back to the caller's queue
+            expect_reply = getattr(self.app.backend, "expect_reply", None)
+            if expect_reply is not None:
+                expect_reply(message.id, message.reply_to)
         label = f"{message.task}[{message.id}]"
         log.info("Task %s received", label)
         if message.expires_at_s is not None and time.time() > message.expires_at_s:
