@@ -1,0 +1,54 @@
+"""aiotq: `aiotq worker -c 200` (one event loop), producer on uvloop with awaited sends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import uvloop
+
+from aiotq import App
+
+from ._common import Driver, options, report, scenario
+
+
+class AiotqDriver(Driver):
+    def worker_command(self, opts: argparse.Namespace) -> list[str]:
+        return [sys.executable, "-m", "aiotq", "worker", "benchmarks.drivers.aiotq_app:app",
+                "-c", str(opts.concurrency), "-l", "warning"]  # fmt: skip
+
+    async def start(self, opts: argparse.Namespace) -> None:
+        os.environ["AIOTQ_BROKER_URL"] = opts.redis
+        self.port = opts.gateway_port
+        self.app = App("bench", broker=opts.redis)
+
+    async def stop(self) -> None:
+        await self.app.aclose()
+
+    async def send(self, kind: str, i: int) -> Any:
+        if kind == "noop":
+            return await self.app.asend_task("bench.add", (i, i))
+        if kind == "io":
+            return await self.app.asend_task("bench.io")
+        return await self.app.asend_task("bench.sms", (self.port, f"+1555{i:07d}"))
+
+    async def wait(self, handle: Any, timeout: float) -> bool:
+        try:
+            await handle.get(timeout=timeout)
+        except TimeoutError:
+            raise
+        except Exception:
+            return False
+        return True
+
+
+if __name__ == "__main__":
+    opts = options()
+    os.environ["AIOTQ_BROKER_URL"] = opts.redis
+    try:
+        report(uvloop.run(scenario(AiotqDriver(), opts)))
+    except Exception as exc:
+        report({"error": f"{type(exc).__name__}: {exc}"[:500]})
+        sys.exit(1)
