@@ -15,7 +15,7 @@ PACKAGES = {
     "celery": ["celery[redis]>=5.4", "gevent>=24.2"],
     "arq": ["arq>=0.26"],
     "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0"],
-    "saq": ["saq>=0.24"],
+    "saq": ["saq[redis]>=0.24", "typing_extensions"],
 }
 
 

@@ -15,6 +15,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -51,13 +52,27 @@ class Workers:
     """Worker processes started for one run, each in its own process group, stopped by PID;
     samples the resident memory of their process trees meanwhile (peak, in MB)."""
 
-    def __init__(self, command: Sequence[str], count: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, command: Sequence[str], count: int, env: dict[str, str] | None = None
+    ) -> None:
         environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        # logs go to files, not pipes: a chatty worker must never block on a full pipe
+        self.logs = [tempfile.TemporaryFile() for _ in range(count)]  # noqa: SIM115 - closed in stop()
         self.procs = [
-            subprocess.Popen(list(command), cwd=ROOT, env=environment, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-            for _ in range(count)
+            subprocess.Popen(
+                list(command),
+                cwd=ROOT,
+                env=environment,
+                start_new_session=True,
+                stdout=log,
+                stderr=log,
+            )
+            for log in self.logs
         ]
+        pidfile = os.environ.get("BENCH_PIDFILE")
+        if pidfile:  # the orchestrator kills whatever a killed driver left behind
+            with open(pidfile, "a") as out:
+                out.writelines(f"{proc.pid}\n" for proc in self.procs)
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -69,9 +84,10 @@ class Workers:
             self.peak_mb = max(self.peak_mb, total)
 
     def check(self) -> None:
-        for proc in self.procs:
+        for proc, log in zip(self.procs, self.logs, strict=True):
             if proc.poll() is not None:
-                error = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+                log.seek(0)
+                error = log.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"a worker exited with {proc.returncode}: {error}")
 
     def stop(self) -> None:
@@ -87,12 +103,14 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
+        for log in self.logs:
+            log.close()
 
 
 @contextlib.contextmanager
-def workers(command: Sequence[str], count: int, env: dict[str, str] | None = None) -> Iterator[Workers]:
+def workers(
+    command: Sequence[str], count: int, env: dict[str, str] | None = None
+) -> Iterator[Workers]:
     started = Workers(command, count, env)
     try:
         yield started
@@ -113,11 +131,10 @@ def _tree_rss_kb(pid: int) -> int:
     while todo:
         current = todo.pop()
         todo.extend(children.get(current, []))
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{current}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+        with contextlib.suppress(OSError), open(f"/proc/{current}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
     return total
 
 
@@ -136,22 +153,19 @@ def report(figures: dict[str, Any]) -> None:
     print(json.dumps(figures), flush=True)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # unwinds through `with workers(...)`
+
+
 def run(main: Any) -> None:
     """Run the driver's async main; a failure is reported as a failed row, not a crash."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         figures = asyncio.run(main())
     except Exception as exc:  # the orchestrator shows it as a failed row
         report({"error": f"{type(exc).__name__}: {exc}"[:500]})
         sys.exit(1)
     report(figures)
-
-
-async def wait_until(condition: Any, timeout: float, every: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the results did not all arrive in time")
-        await asyncio.sleep(every)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -168,9 +182,12 @@ def _descendants(pid: int) -> list[str]:
     parents: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry}/stat") as stat:
-                    parents.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(entry)
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{entry}/stat") as stat,
+            ):
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(parent, []).append(entry)
     while todo:
         for child in parents.get(todo.pop(), []):
             out.append(child)
@@ -217,7 +234,8 @@ async def _scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
             # From the first result to the last-sent task's result, so neither worker start-up
             # nor the producer's own checking is timed; then every result is checked.
             await driver.wait(handles[0], 120)
-            first, cpu_before = time.perf_counter(), sum(tree_cpu_seconds(p.pid) for p in started.procs)
+            first = time.perf_counter()
+            cpu_before = sum(tree_cpu_seconds(p.pid) for p in started.procs)
             await driver.wait(handles[-1], opts.timeout)
             elapsed = time.perf_counter() - first
             cpu = sum(tree_cpu_seconds(p.pid) for p in started.procs) - cpu_before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import Any
@@ -11,7 +12,7 @@ import uvloop
 
 from aiotq import App
 
-from ._common import Driver, options, report, scenario
+from ._common import Driver, options, run, scenario
 
 
 class AiotqDriver(Driver):
@@ -47,8 +48,5 @@ class AiotqDriver(Driver):
 if __name__ == "__main__":
     opts = options()
     os.environ["AIOTQ_BROKER_URL"] = opts.redis
-    try:
-        report(uvloop.run(scenario(AiotqDriver(), opts)))
-    except Exception as exc:
-        report({"error": f"{type(exc).__name__}: {exc}"[:500]})
-        sys.exit(1)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the producer on uvloop
+    run(lambda: scenario(AiotqDriver(), opts))

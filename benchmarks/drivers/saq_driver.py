@@ -1,0 +1,47 @@
+"""saq: `saq settings` (concurrency N); results by Job.refresh(until_complete=...)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ._common import Driver, options, run, scenario
+
+
+class SaqDriver(Driver):
+    def worker_command(self, opts: argparse.Namespace) -> list[str]:
+        saq = os.path.join(os.path.dirname(sys.executable), "saq")
+        return [saq, "benchmarks.drivers.saq_app.settings", "--workers", "1"]
+
+    async def start(self, opts: argparse.Namespace) -> None:
+        from benchmarks.drivers import saq_app
+
+        self.queue = saq_app.queue
+        await self.queue.connect()
+        self.port = opts.gateway_port
+
+    async def stop(self) -> None:
+        await self.queue.disconnect()
+
+    async def send(self, kind: str, i: int) -> Any:
+        if kind == "noop":
+            return await self.queue.enqueue("add", x=i, y=i)
+        if kind == "io":
+            return await self.queue.enqueue("io")
+        return await self.queue.enqueue("sms", port=self.port, phone=f"+1555{i:07d}")
+
+    async def wait(self, handle: Any, timeout: float) -> bool:
+        from saq.job import Status
+
+        await handle.refresh(until_complete=timeout)
+        if handle.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+            raise TimeoutError(f"job {handle.key} not done in {timeout:.0f}s")
+        return bool(handle.status == Status.COMPLETE)
+
+
+if __name__ == "__main__":
+    opts = options()
+    os.environ.update(BENCH_REDIS=opts.redis, BENCH_CONCURRENCY=str(opts.concurrency))
+    run(lambda: scenario(SaqDriver(), opts))
