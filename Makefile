@@ -25,5 +25,15 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
+# aiotq against Celery, arq, taskiq and saq on the local Redis (db 14, flushed); peers are
+# installed into .venv-bench/<name> on first use (they pin conflicting redis versions)
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.compare
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.compare --quick
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench *.egg-info .pytest_cache

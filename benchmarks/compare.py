@@ -1,0 +1,255 @@
+"""aiotq against Celery and the async peers, every scenario, in one run: `make bench`.
+
+    .venv/bin/python -m benchmarks.compare [--quick] [--rounds 2] [--redis redis://127.0.0.1:6379/14]
+
+Each (scenario, system) runs as a driver subprocess in the system's own virtualenv
+(benchmarks/envs.py) against the same Redis db (flushed before each run), systems in
+alternation, `--rounds` times; the best round counts. Every run is bounded in time and the
+worker processes it started are killed by PID afterwards. Prints one table and writes
+benchmarks/results/latest.json and latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .envs import ROOT, python_for
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class System:
+    label: str
+    name: str  # its driver and virtualenv
+    pool: str
+    concurrency: int
+    tuned: bool = False
+    how: str = ""
+
+
+SYSTEMS = [
+    System("aiotq", "aiotq", "asyncio", 200, how="defaults; -c 200"),
+    System("celery prefork", "celery", "prefork", 8, how="defaults; -P prefork -c 8"),
+    System("celery gevent", "celery", "gevent", 200, how="defaults; -P gevent -c 200"),
+    System("celery gevent tuned", "celery", "gevent", 200, True,
+           "result_backend_thread_safe, pool of 250"),
+    System("celery threads tuned", "celery", "threads", 200, True,
+           "result_backend_thread_safe, pool of 250"),
+    System("arq", "arq", "asyncio", 200, how="defaults; max_jobs 200, result poll 0.5 s"),
+    System("arq tuned", "arq", "asyncio", 200, True, "result and queue poll 10 ms"),
+    System("taskiq", "taskiq", "asyncio", 200, how="defaults; result poll 0.2 s"),
+    System("taskiq tuned", "taskiq", "asyncio", 200, True, "result poll 10 ms, pool of 250"),
+    System("saq", "saq", "asyncio", 200, how="defaults; concurrency 200"),
+]  # fmt: skip
+QUICK = {"aiotq", "celery prefork", "celery gevent tuned", "arq tuned", "taskiq tuned", "saq"}
+
+# scenario -> (tasks full, tasks quick); prefork's io rate (~80/s) gets fewer tasks
+SIZES = {"io": (4000, 1000), "sms": (4000, 1000), "noop": (20000, 5000), "latency": (500, 100)}
+SLOW_POOL_TASKS = {"io": (800, 200), "sms": (800, 200)}
+
+
+def driver_command(system: System, scenario: str, n: int, args: argparse.Namespace,
+                   workers: int = 1, port: int = 0) -> list[str]:  # fmt: skip
+    command = [
+        python_for(system.name), "-m", f"benchmarks.drivers.{system.name}_driver",
+        "--scenario", scenario, "--n", str(n), "--pool", system.pool,
+        "--concurrency", str(system.concurrency), "--workers", str(workers),
+        "--redis", args.redis, "--gateway-port", str(port), "--timeout", str(args.run_timeout),
+    ]  # fmt: skip
+    return [*command, "--tuned"] if system.tuned else command
+
+
+def run_driver(command: list[str], limit_s: float) -> dict[str, Any]:
+    """One bounded run; any worker it started is killed afterwards, whatever happened."""
+    with tempfile.NamedTemporaryFile("r", suffix=".pids") as pids:
+        env = {**os.environ, "BENCH_PIDFILE": pids.name, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # the driver stops its workers
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            out = json.dumps({"error": f"timed out after {limit_s:.0f}s"})
+        for line in pids.read().split():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(line), signal.SIGKILL)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"error": (err.strip().splitlines() or ["no output"])[-1][:300]}
+    figures: dict[str, Any] = json.loads(lines[-1])
+    return figures
+
+
+def better(a: dict[str, Any] | None, b: dict[str, Any], scenario: str) -> dict[str, Any]:
+    """The best of two rounds (a failed round loses to any success)."""
+    if a is None or "error" in a:
+        return b
+    if "error" in b:
+        return a
+    key = {"io": "tasks_per_s", "sms": "tasks_per_s", "noop": "drain_per_s"}.get(scenario)
+    if key is None:  # latency: the lower p50
+        return b if b["p50_ms"] < a["p50_ms"] else a
+    return b if b[key] > a[key] else a
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, one round, fewer rows")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--run-timeout", type=float, default=None, help="seconds per run")
+    parser.add_argument("--only", default="", help="comma-separated system labels")
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 2)
+    args.run_timeout = args.run_timeout or (60.0 if args.quick else 180.0)
+    size = 1 if args.quick else 0
+    systems = [s for s in SYSTEMS if not args.quick or s.label in QUICK]
+    if args.only:
+        systems = [s for s in systems if s.label in args.only.split(",")]
+    for name in sorted({s.name for s in systems}):
+        python_for(name)  # install first, so installs are never timed
+    gateway = subprocess.Popen([sys.executable, "-m", "benchmarks.gateway"], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert gateway.stdout is not None
+    port = int(gateway.stdout.readline())
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    began = time.monotonic()
+    try:
+        for round_no in range(1, rounds + 1):
+            for scenario in ("io", "sms", "noop", "latency", "scale"):
+                for system in systems:  # in alternation, round after round
+                    kind = "noop" if scenario == "scale" else scenario
+                    n = SIZES[kind][size]
+                    if system.pool == "prefork" and kind in SLOW_POOL_TASKS:
+                        n = SLOW_POOL_TASKS[kind][size]
+                    workers = 2 if scenario == "scale" else 1
+                    command = driver_command(system, kind, n, args, workers, port)
+                    figures = run_driver(command, args.run_timeout)
+                    figures["n"] = n
+                    print(f"round {round_no} {scenario:8} {system.label:22} {figures}", flush=True)
+                    best[(scenario, system.label)] = better(
+                        best.get((scenario, system.label)), figures, kind
+                    )
+    finally:
+        gateway.terminate()
+        gateway.wait()
+    results = table(best, systems)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds, "quick": args.quick,
+            "seconds": round(time.monotonic() - began), "redis": args.redis,
+            "systems": {s.label: s.how for s in systems}}  # fmt: skip
+    (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    chart(results, RESULTS / "latest.png")
+    print(f"\nwrote {RESULTS / 'latest.json'} and latest.png in {meta['seconds']} s")
+
+
+FIGURES = [  # (scenario, figure, unit, higher is better)
+    ("io", "tasks_per_s", "tasks/s", True),
+    ("io", "of_limit", "of 2,000/s", True),
+    ("sms", "tasks_per_s", "tasks/s", True),
+    ("noop", "drain_per_s", "tasks/s", True),
+    ("noop", "enqueue_per_s", "sends/s", True),
+    ("noop", "cpu_us_per_task", "µs CPU/task", False),
+    ("noop", "peak_rss_mb", "MB RSS", False),
+    ("io", "peak_rss_mb", "MB RSS", False),
+    ("latency", "p50_ms", "ms p50", False),
+    ("latency", "p95_ms", "ms p95", False),
+    ("latency", "p99_ms", "ms p99", False),
+    ("scale", "drain_per_s", "tasks/s, 2 workers", True),
+]
+
+
+def table(
+    best: dict[tuple[str, str], dict[str, Any]], systems: list[System]
+) -> list[dict[str, Any]]:
+    rows = []
+    print(
+        f"\n{'scenario':8} {'system':22} {'pool/conc':14} {'figure':>10} {'unit':20} {'ratio to aiotq':>14}"
+    )
+    for scenario, figure, unit, _ in FIGURES:
+        mine = best.get((scenario, "aiotq"), {}).get(figure)
+        for system in systems:
+            figures = best.get((scenario, system.label), {})
+            value = figures.get(figure)
+            if "error" in figures:
+                print(f"{scenario:8} {system.label:22} {'FAILED':>10}  {figures['error'][:80]}")
+                rows.append({"scenario": scenario, "system": system.label, "figure": figure,
+                             "error": figures["error"]})  # fmt: skip
+                continue
+            if value is None:
+                continue
+            ratio = value / mine if mine else None
+            pool = f"{system.pool} -c {system.concurrency}"
+            shown = f"{ratio:.2f}x" if ratio is not None else ""
+            print(f"{scenario:8} {system.label:22} {pool:14} {value:>10} {unit:20} {shown:>14}")
+            rows.append({"scenario": scenario, "system": system.label, "pool": pool,
+                         "figure": figure, "unit": unit, "value": value, "ratio_to_aiotq": ratio,
+                         "n": figures.get("n")})  # fmt: skip
+    one = {s.label: best.get(("noop", s.label), {}).get("drain_per_s") for s in systems}
+    two = {s.label: best.get(("scale", s.label), {}).get("drain_per_s") for s in systems}
+    for label in one:
+        if one[label] and two[label]:
+            factor = two[label] / one[label]
+            print(f"{'scale':8} {label:22} {'2 workers':14} {factor:>10.2f} {'x one worker':20}")
+            rows.append(
+                {
+                    "scenario": "scale",
+                    "system": label,
+                    "figure": "factor",
+                    "value": round(factor, 2),
+                }
+            )
+    return rows
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Four panels a person reads at a glance; needs matplotlib (the bench extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return
+    panels = [("io", "tasks_per_s", "io: 100 ms tasks/s (higher is better)"),
+              ("noop", "drain_per_s", "noop drain: tasks/s (higher is better)"),
+              ("latency", "p50_ms", "round trip p50: ms (lower is better)"),
+              ("noop", "peak_rss_mb", "worker RSS during noop: MB (lower is better)")]  # fmt: skip
+    figure, axes = plt.subplots(2, 2, figsize=(13, 8))
+    for axis, (scenario, key, title) in zip(axes.flat, panels, strict=True):
+        data = [(r["system"], r["value"]) for r in rows
+                if r["scenario"] == scenario and r.get("figure") == key and "value" in r]  # fmt: skip
+        labels = [label for label, _ in data]
+        colors = ["#d62728" if label == "aiotq" else "#7f7f7f" for label in labels]
+        axis.barh(labels, [value for _, value in data], color=colors)
+        axis.invert_yaxis()
+        axis.set_title(title, fontsize=10)
+        for index, (_, value) in enumerate(data):
+            axis.text(value, index, f" {value:g}", va="center", fontsize=8)
+    figure.suptitle(
+        "aiotq vs Celery, arq, taskiq, saq: Redis broker and backend, one worker process"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
