@@ -55,9 +55,17 @@ SYSTEMS = [
 ]  # fmt: skip
 QUICK = {"aiotq", "celery prefork", "celery gevent tuned", "arq tuned", "taskiq tuned", "saq"}
 
-# scenario -> (tasks full, tasks quick); prefork's io rate (~80/s) gets fewer tasks
+# scenario -> (tasks full, tasks quick). Celery's rows get fewer tasks (its rates are 10-25x
+# lower, so the same count would take minutes per row); the figures are rates either way.
 SIZES = {"io": (4000, 1000), "sms": (4000, 1000), "noop": (20000, 5000), "latency": (500, 100)}
-SLOW_POOL_TASKS = {"io": (800, 200), "sms": (800, 200)}
+CELERY_SIZES = {"io": (2000, 500), "sms": (2000, 500), "noop": (5000, 2000), "latency": (500, 100)}
+PREFORK_IO = (800, 200)  # about 80 tasks/s at -c 8
+
+
+def size_for(system: System, kind: str, quick: bool) -> int:
+    if system.pool == "prefork" and kind in ("io", "sms"):
+        return PREFORK_IO[quick]
+    return (CELERY_SIZES if system.name == "celery" else SIZES)[kind][quick]
 
 
 def driver_command(system: System, scenario: str, n: int, args: argparse.Namespace,
@@ -119,7 +127,6 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     args.run_timeout = args.run_timeout or (60.0 if args.quick else 180.0)
-    size = 1 if args.quick else 0
     systems = [s for s in SYSTEMS if not args.quick or s.label in QUICK]
     if args.only:
         systems = [s for s in systems if s.label in args.only.split(",")]
@@ -136,9 +143,7 @@ def main() -> None:
             for scenario in ("io", "sms", "noop", "latency", "scale"):
                 for system in systems:  # in alternation, round after round
                     kind = "noop" if scenario == "scale" else scenario
-                    n = SIZES[kind][size]
-                    if system.pool == "prefork" and kind in SLOW_POOL_TASKS:
-                        n = SLOW_POOL_TASKS[kind][size]
+                    n = size_for(system, kind, args.quick)
                     workers = 2 if scenario == "scale" else 1
                     command = driver_command(system, kind, n, args, workers, port)
                     figures = run_driver(command, args.run_timeout)
@@ -180,9 +185,8 @@ def table(
     best: dict[tuple[str, str], dict[str, Any]], systems: list[System]
 ) -> list[dict[str, Any]]:
     rows = []
-    print(
-        f"\n{'scenario':8} {'system':22} {'pool/conc':14} {'figure':>10} {'unit':20} {'ratio to aiotq':>14}"
-    )
+    header = f"{'scenario':8} {'system':22} {'pool/conc':14} {'figure':>10} {'unit':20}"
+    print(f"\n{header} {'ratio to aiotq':>14}")
     for scenario, figure, unit, _ in FIGURES:
         mine = best.get((scenario, "aiotq"), {}).get(figure)
         for system in systems:
@@ -235,8 +239,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
               ("noop", "peak_rss_mb", "worker RSS during noop: MB (lower is better)")]  # fmt: skip
     figure, axes = plt.subplots(2, 2, figsize=(13, 8))
     for axis, (scenario, key, title) in zip(axes.flat, panels, strict=True):
-        data = [(r["system"], r["value"]) for r in rows
-                if r["scenario"] == scenario and r.get("figure") == key and "value" in r]  # fmt: skip
+        data = [
+            (r["system"], r["value"])
+            for r in rows
+            if r["scenario"] == scenario and r.get("figure") == key and "value" in r
+        ]
         labels = [label for label, _ in data]
         colors = ["#d62728" if label == "aiotq" else "#7f7f7f" for label in labels]
         axis.barh(labels, [value for _, value in data], color=colors)

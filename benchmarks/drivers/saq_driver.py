@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import time
 from typing import Any
 
 from ._common import Driver, options, run, scenario
@@ -35,9 +37,16 @@ class SaqDriver(Driver):
     async def wait(self, handle: Any, timeout: float) -> bool:
         from saq.job import Status
 
-        await handle.refresh(until_complete=timeout)
-        if handle.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
-            raise TimeoutError(f"job {handle.key} not done in {timeout:.0f}s")
+        # Job.refresh(until_complete=) reads, then subscribes: a job finishing in between is
+        # waited for until the timeout. Short waits in a loop bound that race to 0.1 s.
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(TimeoutError):  # saq's listen raises when its time is up
+                await handle.refresh(until_complete=0.1)
+            if handle.status in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {handle.key} not done in {timeout:.0f}s")
         return bool(handle.status == Status.COMPLETE)
 
 
