@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from aiotq import App, Queue
+from aiotq import App
 from aiotq.testing import run_worker
 
 from .apps import build
 from .conftest import BackgroundDelay
+from .test_routing import seed_settings
 from .workerproc import WorkerProcess
 
 Start = list[WorkerProcess]
@@ -54,19 +55,7 @@ async def queue_depth(url: str, queue: str) -> int:
 
 async def test_seed_topic_routing_on_rabbitmq(amqp_url: str, redis_url: str) -> None:
     app = App("projb", broker=amqp_url, backend=redis_url)
-    app.config_from_object(
-        {
-            "CELERY_QUEUES": [
-                Queue("foo", routing_key="task.#"),
-                Queue("feed_task", routing_key="*.feed"),
-            ],
-            "CELERY_DEFAULT_QUEUE": "foo",
-            "CELERY_DEFAULT_EXCHANGE": "tasks",
-            "CELERY_DEFAULT_EXCHANGE_TYPE": "topic",
-            "CELERY_DEFAULT_ROUTING_KEY": "task.foooooooo",
-            "CELERY_ROUTES": {"projb.tasks.mul": {"queue": "feed_task", "routing_key": "mul.feed"}},
-        }
-    )
+    app.config_from_object(seed_settings())
     ran: list[tuple[str, str]] = []
 
     @app.task(name="projb.tasks.add", bind=True)

@@ -30,23 +30,26 @@ def test_topic_matching(pattern: str, key: str, expected: bool) -> None:
     assert topic_matches(pattern, key) is expected
 
 
+def seed_settings() -> dict[str, object]:
+    """The tutorial's celeryconfig.py for projb, as written there (uppercase names, a set)."""
+    return {
+        "CELERY_QUEUES": {
+            Queue("foo", routing_key="task.#"),
+            Queue("feed_task", routing_key="*.feed"),
+        },
+        "CELERY_DEFAULT_QUEUE": "foo",
+        "CELERY_DEFAULT_EXCHANGE": "tasks",
+        "CELERY_DEFAULT_EXCHANGE_TYPE": "topic",
+        "CELERY_DEFAULT_ROUTING_KEY": "task.foooooooo",
+        "CELERY_ROUTES": {"projb.tasks.mul": {"queue": "feed_task", "routing_key": "mul.feed"}},
+    }
+
+
 def seed_app() -> App:
     """The tutorial's projb: a topic exchange `tasks`, queues foo (task.#) and feed_task
     (*.feed), default queue foo, default routing key task.foooooooo, mul routed to feed_task."""
     app = App("projb", broker="memory://")
-    app.config_from_object(
-        {
-            "CELERY_QUEUES": {
-                Queue("foo", routing_key="task.#"),
-                Queue("feed_task", routing_key="*.feed"),
-            },
-            "CELERY_DEFAULT_QUEUE": "foo",
-            "CELERY_DEFAULT_EXCHANGE": "tasks",
-            "CELERY_DEFAULT_EXCHANGE_TYPE": "topic",
-            "CELERY_DEFAULT_ROUTING_KEY": "task.foooooooo",
-            "CELERY_ROUTES": {"projb.tasks.mul": {"queue": "feed_task", "routing_key": "mul.feed"}},
-        }
-    )
+    app.config_from_object(seed_settings())
 
     @app.task(name="projb.tasks.add")
     def add(x: int, y: int) -> int:
