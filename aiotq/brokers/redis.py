@@ -32,6 +32,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,26 @@ class RedisDelivery:
         self._consumer.release(self)
 
 
+class _Held:
+    """A pool connection kept for one loop's publishes: a producer sending one message after
+    another skips the pool's checkout and release on every command (about a quarter of the
+    cost of an awaited send). A command that fails or is cancelled drops the connection, so a
+    reply is never read by the wrong caller; the next command reconnects."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.lock = asyncio.Lock()
+
+    async def command(self, *args: Any) -> Any:
+        async with self.lock:
+            try:
+                await self.connection.send_command(*args)
+                return await self.connection.read_response()
+            except BaseException:
+                await asyncio.shield(self.connection.disconnect())
+                raise
+
+
 class _Consumer:
     """Bookkeeping of one consume() call: its name and the messages it holds (read and not
     yet settled), which prefetch bounds and whose leases the tick refreshes."""
@@ -212,6 +233,9 @@ class RedisBroker:
         self._declared: set[str] = set()
         self._consumers: set[_Consumer] = set()
         self._last_claim = 0.0
+        self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Held] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"RedisBroker({mask_password(self.url)!r})"
@@ -224,6 +248,7 @@ class RedisBroker:
         """Return what this process still holds on the current loop, then disconnect."""
         for consumer in list(self._consumers):
             await self._return(consumer.held.values())
+        self._held.pop(asyncio.get_running_loop(), None)  # closed with the pool just below
         await self._clients.aclose()
 
     async def declare(self, queues: Sequence[str]) -> None:
@@ -261,8 +286,15 @@ class RedisBroker:
                 if delay_s > 0:
                     due_ms = int((time.time() + delay_s) * 1000)
                     await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
-                else:
+                    return
+                held = self._held.get(asyncio.get_running_loop())
+                if held is None:
+                    held = _Held(await client.connection_pool.get_connection())
+                    self._held[asyncio.get_running_loop()] = held
+                if held.lock.locked():  # concurrent sends: the pool serves the others
                     await client.xadd(queue_keys.streams[level], {"e": envelope})
+                else:
+                    await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
                 return
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() + backoff > deadline or not retry_may_help(exc):
