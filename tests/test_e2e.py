@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,23 +16,12 @@ import redis
 from aiotq import App, TaskRevoked, TimeLimitExceeded
 
 from .apps import build
-from .workerproc import ROOT, WorkerProcess
-
-Start = Callable[..., WorkerProcess]
+from .workerproc import ROOT, Start, workers_on
 
 
 @pytest.fixture
 def start(redis_url: str) -> Iterator[Start]:
-    started: list[WorkerProcess] = []
-
-    def start_worker(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(redis_url, *args, env=env)
-        started.append(worker)
-        return worker.ready()
-
-    yield start_worker
-    for worker in started:
-        worker.stop()
+    yield from workers_on(redis_url)
 
 
 @pytest.fixture

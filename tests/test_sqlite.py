@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,7 @@ from aiotq import App
 
 from .apps import build
 from .conftest import wait_for
-from .workerproc import ROOT, WorkerProcess
-
-Start = Callable[..., WorkerProcess]
+from .workerproc import ROOT, Start, WorkerProcess, workers_on
 
 
 @pytest.fixture
@@ -31,16 +29,7 @@ def url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def start(url: str) -> Iterator[Start]:
-    started: list[WorkerProcess] = []
-
-    def start_worker(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(url, *args, env=env)
-        started.append(worker)
-        return worker.ready()
-
-    yield start_worker
-    for worker in started:
-        worker.stop()
+    yield from workers_on(url)
 
 
 @pytest.fixture

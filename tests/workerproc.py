@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .conftest import wait_for
@@ -83,3 +84,20 @@ class WorkerProcess:
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+Start = Callable[..., WorkerProcess]
+
+
+def workers_on(broker_url: str) -> Iterator[Start]:
+    """Body of a `start` fixture: start ready workers on one broker, stop them all after."""
+    started: list[WorkerProcess] = []
+
+    def start_worker(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(broker_url, *args, env=env)
+        started.append(worker)
+        return worker.ready()
+
+    yield start_worker
+    for worker in started:
+        worker.stop()
