@@ -36,6 +36,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from ..exceptions import BrokerConnectionError, BrokerError
 from ..urls import mask_password
+from .base import InWindow, Prefetch
 
 log = logging.getLogger("aiotq.broker")
 
@@ -61,7 +62,7 @@ def delay_key(seconds: int, queue: str) -> str:
 
 
 @dataclass(eq=False)
-class AmqpDelivery:
+class AmqpDelivery(InWindow):
     body: bytes
     headers: Mapping[str, str]
     queue: str
@@ -71,6 +72,7 @@ class AmqpDelivery:
     _state: _Consuming | None = None
     _settled: bool = False
     handed_out: bool = False
+    _window: Prefetch | None = None
 
     async def ack(self) -> None:
         if not self._settled:
@@ -91,28 +93,36 @@ class AmqpDelivery:
         except SETTLE_ERRORS as exc:  # its channel is gone: RabbitMQ delivers it again
             log.warning("could not settle %s (%s); RabbitMQ will redeliver it",
                         self.headers.get("id", "?"), exc)  # fmt: skip
+        self.finished()
         if self._state is not None and self.handed_out:
             await self._state.settled()
 
 
 @dataclass(eq=False)
 class _Consuming:
-    """One consume() call: its channel, what arrived per queue, how many are handed out."""
+    """One consume() call: its channel, what arrived per queue, its prefetch window and how
+    many are handed out and unsettled (the channel closes when that reaches 0 at the end)."""
 
     channel: AbstractChannel
     buffers: dict[str, deque[AmqpDelivery]]
+    prefetch: int
     outstanding: int = 0
     closing: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    window: Prefetch = field(init=False)
 
-    def take(self, turn: Iterator[str], prefetch: int, queues: int) -> AmqpDelivery | None:
-        if self.outstanding >= prefetch:
+    def __post_init__(self) -> None:
+        self.window = Prefetch(self.prefetch, self.changed.set)
+
+    def take(self, turn: Iterator[str], queues: int) -> AmqpDelivery | None:
+        if self.window.free() <= 0:
             return None
         for _ in range(queues):
             buffer = self.buffers[next(turn)]
             if buffer:
                 delivery = buffer.popleft()
                 delivery.handed_out = True
+                delivery._window = self.window.take()
                 self.outstanding += 1
                 return delivery
         return None
@@ -319,13 +329,14 @@ class AmqpBroker:
 
     # -- consuming ----------------------------------------------------------------------------
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[AmqpDelivery]:
-        """Each queue has its own consumer with up to `prefetch` in RabbitMQ's hands; this
-        hands out at most `prefetch` unsettled in all, taking the queues in turn (fair)."""
+        """Each queue has its own consumer with up to `prefetch` unacknowledged in RabbitMQ's
+        hands; this hands out at most `prefetch` unfinished in all, taking the queues in turn
+        (fair)."""
         link = await self._link()
         channel = await link.connection.channel(publisher_confirms=False)
         link.consumers.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
-        state = _Consuming(channel, {name: deque() for name in queues})
+        state = _Consuming(channel, {name: deque() for name in queues}, prefetch)
         tags, ready = [], set()
         for name in queues:
             queue = await self._declare_queue(channel, name)
@@ -347,7 +358,7 @@ class AmqpBroker:
                     await state.changed.wait()
         try:
             while True:
-                delivery = state.take(turn, prefetch, len(queues))
+                delivery = state.take(turn, len(queues))
                 if delivery is None:
                     state.changed.clear()
                     await state.changed.wait()

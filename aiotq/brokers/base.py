@@ -6,7 +6,7 @@ is durable in the broker, not held in worker memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -16,6 +16,10 @@ class Delivery(Protocol):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+
+    def finished(self) -> None:
+        """The worker is done running it and has queued its result and ack: it no longer
+        counts against prefetch. Idempotent; ack and reject imply it."""
 
     async def ack(self) -> None:
         """Done with the message: the broker forgets it."""
@@ -49,7 +53,7 @@ class Broker(Protocol):
         """Acknowledge several deliveries of this broker in one round trip where it can."""
 
     def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[Delivery]:
-        """Deliveries from `queues`, at most `prefetch` unacknowledged at once."""
+        """Deliveries from `queues`, at most `prefetch` fetched and not yet finished."""
         ...
 
     async def tick(self) -> None:
@@ -64,3 +68,45 @@ class Broker(Protocol):
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         """Move up to `limit` dead letters (oldest first) back to the queue; return how many."""
         ...
+
+
+class Prefetch:
+    """A consumer's prefetch window: messages fetched and not yet finished.
+
+    A message leaves the window when the worker has queued its outcome, not when its ack
+    lands: the next message is fetched while the last one's result is still being written
+    (one store and one ack round trip per batch), instead of every slot waiting for both.
+    Finished-but-unacknowledged messages stay bounded by the result publisher's own queue.
+    """
+
+    __slots__ = ("_wake", "out", "size")
+
+    def __init__(self, size: int, wake: Callable[[], None]) -> None:
+        self.size = size
+        self.out = 0
+        self._wake = wake
+
+    def free(self) -> int:
+        return self.size - self.out
+
+    def take(self) -> Prefetch:
+        self.out += 1
+        return self
+
+    def give(self) -> None:
+        self.out -= 1
+        self._wake()
+
+
+class InWindow:
+    """Mixin for deliveries: `finished()` gives the prefetch slot back, once. Each delivery
+    class declares the `_window` field (slotted dataclasses cannot inherit one)."""
+
+    __slots__ = ()
+    _window: Prefetch | None
+
+    def finished(self) -> None:
+        window = self._window
+        self._window = None  # type: ignore[misc]  # the subclass's slot (mypy sees only ours)
+        if window is not None:
+            window.give()

@@ -16,11 +16,13 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .base import InWindow, Prefetch
+
 Item = tuple[bytes, dict[str, str], bool]  # body, headers, redelivered
 
 
 @dataclass(slots=True, eq=False)
-class MemoryDelivery:
+class MemoryDelivery(InWindow):
     body: bytes
     headers: Mapping[str, str]
     queue: str
@@ -28,6 +30,7 @@ class MemoryDelivery:
     _broker: MemoryBroker
     _consumer: _Consumer
     _settled: bool = False
+    _window: Prefetch | None = None
 
     async def ack(self) -> None:
         self._settle()
@@ -40,6 +43,7 @@ class MemoryDelivery:
         if self._settled:
             return False
         self._settled = True
+        self.finished()
         self._consumer.unacked.discard(self)
         self._broker._unacked.discard(self)
         self._broker._wake_all()
@@ -51,6 +55,12 @@ class _Consumer:
     loop: asyncio.AbstractEventLoop
     unacked: set[MemoryDelivery] = field(default_factory=set)
     waiter: asyncio.Future[None] | None = None
+    window: Prefetch = field(default_factory=lambda: Prefetch(0, lambda: None))
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            self.loop.call_soon_threadsafe(_resolve, waiter)
 
 
 class MemoryBroker:
@@ -112,9 +122,7 @@ class MemoryBroker:
 
     def _wake_all(self) -> None:
         for consumer in list(self._consumers):
-            waiter = consumer.waiter
-            if waiter is not None and not waiter.done():
-                consumer.loop.call_soon_threadsafe(_resolve, waiter)
+            consumer.wake()
 
     def _return(self, delivery: MemoryDelivery, requeue: bool, reason: str) -> None:
         with self._lock:
@@ -127,17 +135,18 @@ class MemoryBroker:
 
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[MemoryDelivery]:
         consumer = _Consumer(asyncio.get_running_loop())
+        consumer.window = Prefetch(prefetch, consumer.wake)
         self._consumers.add(consumer)
         turn = itertools.cycle(range(len(queues)))  # fair between queues
         try:
             while True:
-                delivery, wait_s = self._take(consumer, queues, prefetch, turn)
+                delivery, wait_s = self._take(consumer, queues, turn)
                 if delivery is not None:
                     yield delivery
                     continue
                 consumer.waiter = consumer.loop.create_future()
                 # a publish between _take and here is not missed: re-check once under the waiter
-                delivery, wait_s = self._take(consumer, queues, prefetch, turn)
+                delivery, wait_s = self._take(consumer, queues, turn)
                 if delivery is not None:
                     consumer.waiter = None
                     yield delivery
@@ -158,12 +167,11 @@ class MemoryBroker:
         self,
         consumer: _Consumer,
         queues: Sequence[str],
-        prefetch: int,
         turn: itertools.cycle[int],
     ) -> tuple[MemoryDelivery | None, float | None]:
         with self._lock:
             wait_s = self._move_due()
-            if len(consumer.unacked) >= prefetch:
+            if consumer.window.free() <= 0:
                 return None, wait_s
             for _ in range(len(queues)):
                 queue = queues[next(turn)]
@@ -171,6 +179,7 @@ class MemoryBroker:
                 if ready:
                     _, _, (body, headers, redelivered) = heapq.heappop(ready)
                     delivery = MemoryDelivery(body, headers, queue, redelivered, self, consumer)
+                    delivery._window = consumer.window.take()
                     consumer.unacked.add(delivery)
                     self._unacked.add(delivery)
                     return delivery, None

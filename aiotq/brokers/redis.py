@@ -44,6 +44,7 @@ from .._redis import CONNECTION_ERRORS, LoopClients, retry_may_help, translated
 from ..exceptions import BrokerConnectionError
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
+from .base import InWindow, Prefetch
 
 log = logging.getLogger("aiotq.broker.redis")
 
@@ -135,7 +136,7 @@ def level_of(priority: int | None) -> int:
 
 
 @dataclass(slots=True, eq=False)
-class RedisDelivery:
+class RedisDelivery(InWindow):
     body: bytes
     headers: Mapping[str, str]
     queue: str
@@ -145,6 +146,7 @@ class RedisDelivery:
     envelope: bytes
     _consumer: _Consumer
     _settled: bool = False
+    _window: Prefetch | None = None
 
     # Settled only once the broker confirmed, so a failed ack can be retried.
     async def ack(self) -> None:
@@ -157,7 +159,8 @@ class RedisDelivery:
 
     def _done(self) -> None:
         self._settled = True
-        self._consumer.release(self)
+        self.finished()
+        self._consumer.held.pop(self.entry_id, None)
 
 
 class _Held:
@@ -181,8 +184,8 @@ class _Held:
 
 
 class _Consumer:
-    """Bookkeeping of one consume() call: its name and the messages it holds (read and not
-    yet settled), which prefetch bounds and whose leases the tick refreshes."""
+    """Bookkeeping of one consume() call: its name, its prefetch window and the messages it
+    holds (read and not yet settled), whose leases the tick refreshes."""
 
     def __init__(
         self, broker: RedisBroker, queues: Sequence[str], prefetch: int, reader: Any
@@ -190,8 +193,8 @@ class _Consumer:
         self.broker = broker
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.held: dict[bytes, RedisDelivery] = {}
-        self.prefetch = prefetch
         self.slot_freed = asyncio.Event()
+        self.window = Prefetch(prefetch, self.slot_freed.set)
         self.reader = reader
         self.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
         self.queues = list(dict.fromkeys(queues))
@@ -203,12 +206,8 @@ class _Consumer:
         }
         self.streams = [key.decode() for key in self.queue_of]
 
-    def release(self, delivery: RedisDelivery) -> None:
-        if self.held.pop(delivery.entry_id, None) is not None:
-            self.slot_freed.set()
-
     def free_slots(self) -> int:
-        return self.prefetch - len(self.held)
+        return self.window.free()
 
     async def wait_until(self, has_room: Callable[[], bool]) -> None:
         while not has_room():
@@ -330,11 +329,10 @@ class RedisBroker:
                         queue = consumer.queue_of[stream]
                         delivery = self._delivery(consumer, queue, stream, entry_id, fields)
                         delivery.redelivered = redelivered or b"r" in fields
+                        delivery._window = consumer.window.take()
                         consumer.held[entry_id] = delivery
                         fetched.append(delivery)
                     continue
-                # hand out at most `prefetch` unsettled (a read may return a few more)
-                await consumer.wait_until(lambda: len(consumer.held) - len(fetched) < prefetch)
                 yield fetched.popleft()
         finally:
             # Handed-out deliveries stay valid (a warm shutdown lets them finish); what was

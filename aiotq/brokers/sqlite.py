@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from .._sqlite import Database, Doorbell, transaction
+from .base import InWindow, Prefetch
 
 RECHECK_S = 5.0  # an idle consumer's safety net against a lost ring
 
@@ -40,7 +41,7 @@ def _marks(ids: Sequence[int]) -> str:
 
 
 @dataclass(slots=True, eq=False)
-class SqliteDelivery:
+class SqliteDelivery(InWindow):
     body: bytes
     headers: Mapping[str, str]
     queue: str
@@ -48,6 +49,7 @@ class SqliteDelivery:
     row_id: int
     _consumer: _Consumer
     _settled: bool = False
+    _window: Prefetch | None = None
 
     async def ack(self) -> None:
         await self._consumer.broker.ack_many([self])
@@ -64,13 +66,14 @@ class _Consumer:
     queues: Sequence[str]
     name: str = field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = field(default_factory=set)  # claimed row ids not yet settled
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+    window: Prefetch = field(default_factory=lambda: Prefetch(0, lambda: None))
     turn: itertools.count[int] = field(default_factory=itertools.count)
 
     def settle(self, delivery: SqliteDelivery) -> None:
         delivery._settled = True
+        delivery.finished()
         self.held.discard(delivery.row_id)
-        self.settled.set()
 
 
 class SqliteBroker:
@@ -180,6 +183,7 @@ class SqliteBroker:
 
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[SqliteDelivery]:
         consumer = _Consumer(self, list(queues))
+        consumer.window = Prefetch(prefetch, consumer.freed.set)
         self._consumers.add(consumer)
         listener = self._bell.listen()
         fetched: deque[SqliteDelivery] = deque()  # claimed, not yet handed out
@@ -188,11 +192,11 @@ class SqliteBroker:
                 if fetched:
                     yield fetched.popleft()
                     continue
-                room = prefetch - len(consumer.held)
-                if room <= 0:  # wait for a settle, not for the database
-                    consumer.settled.clear()
-                    if prefetch - len(consumer.held) <= 0:
-                        await consumer.settled.wait()
+                room = consumer.window.free()
+                if room <= 0:  # wait for a finished message, not for the database
+                    consumer.freed.clear()
+                    if consumer.window.free() <= 0:
+                        await consumer.freed.wait()
                     continue
                 listener.arm()
                 rows, wait_s = await self._db.run(
@@ -203,7 +207,7 @@ class SqliteBroker:
                     fetched.append(
                         SqliteDelivery(
                             body, _headers_codec.decode(headers), queue, deliveries > 0,
-                            row_id, consumer,
+                            row_id, consumer, _window=consumer.window.take(),
                         )
                     )  # fmt: skip
                 if not rows:

@@ -176,6 +176,9 @@ class Worker:
             self._slots.release()
         for outcome in outcomes:
             await publisher.submit(outcome)
+        # its result and ack are queued: the next message may be fetched meanwhile (a full
+        # publisher queue blocks submit above, so unacknowledged ones stay bounded)
+        delivery.finished()
 
     async def _finish_inflight(self) -> None:
         loop = asyncio.get_running_loop()
