@@ -4,8 +4,10 @@
     aiotq:result:<task_id>    also the pub/sub channel a store announces on
     aiotq:counter:<key>       chord / group counters (INCR + EXPIRE)
 
-A waiter subscribes first and reads the key second, so a result stored before the wait
-began is found at once. One pub/sub connection per process and loop serves every waiter.
+A waiter reads the key first: a task already finished costs one GET and no subscription
+(a producer collecting many results mostly finds them there). Otherwise it subscribes, then
+reads the key again, so a store between the two reads is not missed. One pub/sub connection
+per process and loop serves every waiter.
 """
 
 from __future__ import annotations
@@ -157,6 +159,9 @@ class RedisBackend:
         return value
 
     async def watch(self, task_id: str) -> AsyncIterator[bytes]:
+        current = await self._get_retrying(task_id)
+        if current is not None:
+            yield current  # usually final: the caller stops here, never subscribed
         loop = asyncio.get_running_loop()
         listener = self._listeners.get(loop)
         if listener is None:
