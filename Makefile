@@ -25,14 +25,19 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
-# aiotq against Celery, arq, taskiq and saq on the local Redis (db 14, flushed); peers are
-# installed into .venv-bench/<name> on first use (they pin conflicting redis versions)
-bench: $(STAMP)
+# aiotq against Celery, arq, taskiq and saq on the local Redis (db 14, flushed) and RabbitMQ
+# (vhost aiotq-bench, recreated); peers are installed into .venv-bench/<name> on first use
+# (they pin conflicting redis versions)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.compare
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.compare --quick
 
 clean:

@@ -1,12 +1,14 @@
 """aiotq against Celery and the async peers, every scenario, in one run: `make bench`.
 
     .venv/bin/python -m benchmarks.compare [--quick] [--rounds 2] [--redis redis://127.0.0.1:6379/14]
+                                           [--brokers redis,rabbitmq] [--only aiotq,saq]
 
 Each (scenario, system) runs as a driver subprocess in the system's own virtualenv
-(benchmarks/envs.py) against the same Redis db (flushed before each run), systems in
-alternation, `--rounds` times; the best round counts. Every run is bounded in time and the
-worker processes it started are killed by PID afterwards. Prints one table and writes
-benchmarks/results/latest.json and latest.png.
+(benchmarks/envs.py) against the same Redis db (flushed before each run) and, for the systems
+that support it, the same RabbitMQ (a vhost of the bench's own, recreated before each run;
+results still in Redis), systems in alternation, `--rounds` times; the best round counts.
+Every run is bounded in time and the worker processes it started are killed by PID afterwards.
+Prints one table and writes benchmarks/results/latest.json and latest.png.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .drivers._common import amqp_url
 from .envs import ROOT, python_for
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -37,6 +40,12 @@ class System:
     concurrency: int
     tuned: bool = False
     how: str = ""
+    broker: str = "redis"  # or "rabbitmq" (results stay in Redis)
+    polls_s: float = 0.0  # a default result poll this slow: fewer latency round trips
+
+    @property
+    def key(self) -> str:
+        return self.label if self.broker == "redis" else f"{self.label} (rabbitmq)"
 
 
 SYSTEMS = [
@@ -47,13 +56,25 @@ SYSTEMS = [
            "result_backend_thread_safe, pool of 250"),
     System("celery threads tuned", "celery", "threads", 200, True,
            "result_backend_thread_safe, pool of 250"),
-    System("arq", "arq", "asyncio", 200, how="defaults; max_jobs 200, result poll 0.5 s"),
+    System("arq", "arq", "asyncio", 200, how="defaults; max_jobs 200, result poll 0.5 s",
+           polls_s=0.5),
     System("arq tuned", "arq", "asyncio", 200, True, "result and queue poll 10 ms"),
-    System("taskiq", "taskiq", "asyncio", 200, how="defaults; result poll 0.2 s"),
+    System("taskiq", "taskiq", "asyncio", 200, how="defaults; result poll 0.2 s", polls_s=0.2),
     System("taskiq tuned", "taskiq", "asyncio", 200, True, "result poll 10 ms, pool of 250"),
     System("saq", "saq", "asyncio", 200, how="defaults; concurrency 200"),
+    # RabbitMQ: the peers that support it (arq and saq are Redis-only), results in Redis
+    System("aiotq", "aiotq", "asyncio", 200, broker="rabbitmq",
+           how="defaults; -c 200; every send waits for RabbitMQ's confirm (persistent)"),
+    System("celery prefork", "celery", "prefork", 8, broker="rabbitmq",
+           how="defaults; -P prefork -c 8; sends unconfirmed (Celery's default)"),
+    System("celery gevent tuned", "celery", "gevent", 200, True,
+           "result_backend_thread_safe, pool of 250", broker="rabbitmq"),
+    System("taskiq", "taskiq", "asyncio", 200, how="defaults: qos 10, result poll 0.2 s",
+           broker="rabbitmq", polls_s=0.2),
+    System("taskiq tuned", "taskiq", "asyncio", 200, True,
+           "qos 200, result poll 10 ms, pool of 250", broker="rabbitmq"),
 ]  # fmt: skip
-QUICK = {"aiotq", "celery prefork", "celery gevent tuned", "taskiq tuned", "saq"}
+QUICK = {"aiotq", "celery prefork", "taskiq tuned", "saq", "aiotq (rabbitmq)"}
 
 # scenario -> (tasks full, tasks quick). Celery's rows get fewer tasks (its rates are 10-25x
 # lower, so the same count would take minutes per row); the figures are rates either way.
@@ -65,6 +86,8 @@ PREFORK_IO = (800, 200)  # about 80 tasks/s at -c 8
 def size_for(system: System, kind: str, quick: bool) -> int:
     if system.pool == "prefork" and kind in ("io", "sms"):
         return PREFORK_IO[quick]
+    if kind == "latency" and system.polls_s:  # 500 x 0.5 s would outlast the run's bound
+        return SIZES["latency"][True]
     return (CELERY_SIZES if system.name == "celery" else SIZES)[kind][quick]
 
 
@@ -76,6 +99,8 @@ def driver_command(system: System, scenario: str, n: int, args: argparse.Namespa
         "--concurrency", str(system.concurrency), "--workers", str(workers),
         "--redis", args.redis, "--gateway-port", str(port), "--timeout", str(args.run_timeout),
     ]  # fmt: skip
+    if system.broker == "rabbitmq":
+        command += ["--broker", amqp_url()]
     return [*command, "--tuned"] if system.tuned else command
 
 
@@ -124,10 +149,12 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--run-timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--only", default="", help="comma-separated system labels")
+    parser.add_argument("--brokers", default="redis,rabbitmq", help="comma-separated")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     args.run_timeout = args.run_timeout or (60.0 if args.quick else 180.0)
-    systems = [s for s in SYSTEMS if not args.quick or s.label in QUICK]
+    systems = [s for s in SYSTEMS if not args.quick or s.key in QUICK]
+    systems = [s for s in systems if s.broker in args.brokers.split(",")]
     if args.only:
         systems = [s for s in systems if s.label in args.only.split(",")]
     for name in sorted({s.name for s in systems}):
@@ -136,7 +163,7 @@ def main() -> None:
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert gateway.stdout is not None
     port = int(gateway.stdout.readline())
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    best: dict[tuple[str, System], dict[str, Any]] = {}
     began = time.monotonic()
     try:
         for round_no in range(1, rounds + 1):
@@ -148,10 +175,8 @@ def main() -> None:
                     command = driver_command(system, kind, n, args, workers, port)
                     figures = run_driver(command, args.run_timeout)
                     figures["n"] = n
-                    print(f"round {round_no} {scenario:8} {system.label:22} {figures}", flush=True)
-                    best[(scenario, system.label)] = better(
-                        best.get((scenario, system.label)), figures, kind
-                    )
+                    print(f"round {round_no} {scenario:8} {system.key:32} {figures}", flush=True)
+                    best[(scenario, system)] = better(best.get((scenario, system)), figures, kind)
     finally:
         gateway.terminate()
         gateway.wait()
@@ -160,7 +185,7 @@ def main() -> None:
     name = "quick" if args.quick else "latest"  # a quick run never replaces the full one
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds, "quick": args.quick,
             "seconds": round(time.monotonic() - began), "redis": args.redis,
-            "systems": {s.label: s.how for s in systems}}  # fmt: skip
+            "systems": {s.key: s.how for s in systems}}  # fmt: skip
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
     chart(results, RESULTS / f"{name}.png")
     print(f"\nwrote {RESULTS / name}.json and {name}.png in {meta['seconds']} s")
@@ -183,44 +208,44 @@ FIGURES = [  # (scenario, figure, unit, higher is better)
 
 
 def table(
-    best: dict[tuple[str, str], dict[str, Any]], systems: list[System]
+    best: dict[tuple[str, System], dict[str, Any]], systems: list[System]
 ) -> list[dict[str, Any]]:
-    rows = []
-    header = f"{'scenario':8} {'system':22} {'pool/conc':14} {'figure':>10} {'unit':20}"
+    """One row per (figure, system); each ratio is to aiotq on the same broker."""
+    rows: list[dict[str, Any]] = []
+    header = (
+        f"{'scenario':8} {'system':22} {'broker':9} {'pool/conc':14} {'figure':>10} {'unit':20}"
+    )
     print(f"\n{header} {'ratio to aiotq':>14}")
+    aiotq = {s.broker: s for s in systems if s.name == "aiotq"}
     for scenario, figure, unit, _ in FIGURES:
-        mine = best.get((scenario, "aiotq"), {}).get(figure)
         for system in systems:
-            figures = best.get((scenario, system.label), {})
+            reference = aiotq.get(system.broker)
+            mine = best.get((scenario, reference), {}).get(figure) if reference else None
+            figures = best.get((scenario, system), {})
             value = figures.get(figure)
+            head = f"{scenario:8} {system.label:22} {system.broker:9}"
+            base = {"scenario": scenario, "system": system.label, "broker": system.broker}
             if "error" in figures:
-                print(f"{scenario:8} {system.label:22} {'FAILED':>10}  {figures['error'][:80]}")
-                rows.append({"scenario": scenario, "system": system.label, "figure": figure,
-                             "error": figures["error"]})  # fmt: skip
+                print(f"{head} {'FAILED':>10}  {figures['error'][:80]}")
+                rows.append({**base, "figure": figure, "error": figures["error"]})
                 continue
             if value is None:
                 continue
             ratio = value / mine if mine else None
             pool = f"{system.pool} -c {system.concurrency}"
             shown = f"{ratio:.2f}x" if ratio is not None else ""
-            print(f"{scenario:8} {system.label:22} {pool:14} {value:>10} {unit:20} {shown:>14}")
-            rows.append({"scenario": scenario, "system": system.label, "pool": pool,
-                         "figure": figure, "unit": unit, "value": value, "ratio_to_aiotq": ratio,
-                         "n": figures.get("n")})  # fmt: skip
-    one = {s.label: best.get(("noop", s.label), {}).get("drain_per_s") for s in systems}
-    two = {s.label: best.get(("scale", s.label), {}).get("drain_per_s") for s in systems}
-    for label in one:
-        if one[label] and two[label]:
-            factor = two[label] / one[label]
-            print(f"{'scale':8} {label:22} {'2 workers':14} {factor:>10.2f} {'x one worker':20}")
-            rows.append(
-                {
-                    "scenario": "scale",
-                    "system": label,
-                    "figure": "factor",
-                    "value": round(factor, 2),
-                }
-            )
+            print(f"{head} {pool:14} {value:>10} {unit:20} {shown:>14}")
+            rows.append({**base, "pool": pool, "figure": figure, "unit": unit, "value": value,
+                         "ratio_to_aiotq": ratio, "n": figures.get("n")})  # fmt: skip
+    for system in systems:
+        one = best.get(("noop", system), {}).get("drain_per_s")
+        two = best.get(("scale", system), {}).get("drain_per_s")
+        if one and two:
+            factor = two / one
+            print(f"{'scale':8} {system.label:22} {system.broker:9} {'2 workers':14} "
+                  f"{factor:>10.2f} {'x one worker':20}")  # fmt: skip
+            rows.append({"scenario": "scale", "system": system.label, "broker": system.broker,
+                         "figure": "factor", "value": round(factor, 2)})  # fmt: skip
     return rows
 
 
@@ -241,22 +266,28 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(13, 8))
     for axis, (scenario, key, title) in zip(axes.flat, panels, strict=True):
         data = [
-            (r["system"], r["value"])
+            (_chart_label(r), r["value"])
             for r in rows
             if r["scenario"] == scenario and r.get("figure") == key and "value" in r
         ]
         labels = [label for label, _ in data]
-        colors = ["#d62728" if label == "aiotq" else "#7f7f7f" for label in labels]
+        colors = ["#d62728" if label.startswith("aiotq") else "#7f7f7f" for label in labels]
         axis.barh(labels, [value for _, value in data], color=colors)
         axis.invert_yaxis()
         axis.set_title(title, fontsize=10)
         for index, (_, value) in enumerate(data):
             axis.text(value, index, f" {value:g}", va="center", fontsize=8)
     figure.suptitle(
-        "aiotq vs Celery, arq, taskiq, saq: Redis broker and backend, one worker process"
+        "aiotq vs Celery, arq, taskiq, saq: Redis (and RabbitMQ) broker, Redis results, "
+        "one worker process"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def _chart_label(row: dict[str, Any]) -> str:
+    broker = row.get("broker", "redis")
+    return row["system"] if broker == "redis" else f"{row['system']} · {broker}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ PACKAGES = {
     "aiotq": ["-e", str(ROOT)],
     "celery": ["celery[redis]>=5.4", "gevent>=24.2"],
     "arq": ["arq>=0.26"],
-    "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0"],
+    "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0", "taskiq-aio-pika>=0.6"],
     "saq": ["saq[redis]>=0.24", "typing_extensions"],
 }
 

@@ -15,20 +15,21 @@ def main() -> None:
     data = json.loads((RESULTS / "latest.json").read_text())
     meta = data["meta"]
     print(f"Run of {meta['date']}: {meta['rounds']} round(s), best round shown, "
-          f"{meta['seconds']} s in all, Redis {meta['redis']}.\n")  # fmt: skip
-    print("| scenario | system | pool | figure | ratio to aiotq |")
-    print("| --- | --- | --- | --- | --- |")
+          f"{meta['seconds']} s in all, Redis {meta['redis']}, "
+          "RabbitMQ vhost aiotq-bench.\n")  # fmt: skip
+    print("| scenario | system | broker | pool | figure | ratio to aiotq (same broker) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in data["rows"]:
+        head = f"| {row['scenario']} | {row['system']} | {row.get('broker', 'redis')} |"
         if "error" in row:
-            print(f"| {row['scenario']} | {row['system']} | | FAILED: {row['error']} | |")
+            print(f"{head} | FAILED: {row['error']} | |")
             continue
         if row.get("figure") == "factor":
-            print(f"| scale | {row['system']} | 2 workers | {row['value']}x one worker | |")
+            print(f"{head} 2 workers | {row['value']}x one worker | |")
             continue
         ratio = row.get("ratio_to_aiotq")
         shown = f"{ratio:.2f}x" if ratio is not None else ""
-        print(f"| {row['scenario']} | {row['system']} | {row.get('pool', '')} | "
-              f"{row['value']:g} {row['unit']} | {shown} |")  # fmt: skip
+        print(f"{head} {row.get('pool', '')} | {row['value']:g} {row['unit']} | {shown} |")
     print("\nHow each system is configured:\n")
     for label, how in meta["systems"].items():
         print(f"- **{label}**: {how}")

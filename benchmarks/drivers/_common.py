@@ -33,19 +33,43 @@ def options() -> argparse.Namespace:
     parser.add_argument("--pool", default="")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14", help="results (and broker)")
+    parser.add_argument("--broker", default="", help="amqp://... for the RabbitMQ rows")
     parser.add_argument("--tuned", action="store_true", help="the peer's tuned settings")
     parser.add_argument("--gateway-port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0)
-    return parser.parse_args()
+    opts = parser.parse_args()
+    opts.broker = opts.broker or opts.redis
+    # what the systems' app modules read, in this process and the workers it starts
+    os.environ.update(BENCH_REDIS=opts.redis, BENCH_BROKER=opts.broker,
+                      BENCH_TUNED="1" if opts.tuned else "0",
+                      BENCH_CONCURRENCY=str(opts.concurrency))  # fmt: skip
+    return opts
 
 
-def flush(url: str) -> None:
-    """Start from an empty db (the bench's own: --redis), without a client library."""
-    host_port, db = url.removeprefix("redis://").split("/")
+BENCH_VHOST = "aiotq-bench"
+
+
+def amqp_url(host: str = "127.0.0.1") -> str:
+    """The RabbitMQ rows' broker: a vhost of the bench's own, recreated before every run."""
+    return f"amqp://guest:guest@{host}:5672/{BENCH_VHOST}"
+
+
+def flush(opts: argparse.Namespace) -> None:
+    """Start from an empty Redis db (the bench's own: --redis) and, for the RabbitMQ rows, an
+    empty vhost; with the servers' own tools, so no client library is needed."""
+    host_port, db = opts.redis.removeprefix("redis://").split("/")
     host, port = host_port.split(":")
     subprocess.run(["redis-cli", "-h", host, "-p", port, "-n", db, "flushdb"], check=True,
                    capture_output=True, timeout=30)  # fmt: skip
+    if opts.broker.startswith("amqp"):
+        vhost = opts.broker.rsplit("/", 1)[1]
+        for command in (["delete_vhost", vhost], ["add_vhost", vhost],
+                        ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):  # fmt: skip
+            done = subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True,
+                                  text=True, timeout=60)  # fmt: skip
+            if done.returncode and command[0] != "delete_vhost":  # absent the first time
+                raise RuntimeError(f"rabbitmqctl {command[0]} failed: {done.stderr.strip()}")
 
 
 class Workers:
@@ -216,7 +240,7 @@ class Driver:
 
 
 async def scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
-    flush(opts.redis)
+    flush(opts)
     await driver.start(opts)
     try:
         return await _scenario(driver, opts)

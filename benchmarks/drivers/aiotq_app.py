@@ -1,4 +1,4 @@
-"""The benchmark's tasks on aiotq (broker and backend from AIOTQ_BROKER_URL)."""
+"""The benchmark's tasks on aiotq (broker BENCH_BROKER, results in Redis: BENCH_REDIS)."""
 
 import asyncio
 import os
@@ -6,7 +6,8 @@ import os
 from aiotq import App
 from examples._gateway import post_sms
 
-app = App("bench", broker=os.environ.get("AIOTQ_BROKER_URL", "redis://127.0.0.1:6379/14"))
+redis = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/14")
+app = App("bench", broker=os.environ.get("BENCH_BROKER", redis), backend=redis)
 
 
 @app.task(name="bench.add")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -21,9 +20,8 @@ class AiotqDriver(Driver):
                 "-c", str(opts.concurrency), "-l", "warning"]  # fmt: skip
 
     async def start(self, opts: argparse.Namespace) -> None:
-        os.environ["AIOTQ_BROKER_URL"] = opts.redis
         self.port = opts.gateway_port
-        self.app = App("bench", broker=opts.redis)
+        self.app = App("bench", broker=opts.broker, backend=opts.redis)
 
     async def stop(self) -> None:
         await self.app.aclose()
@@ -47,6 +45,5 @@ class AiotqDriver(Driver):
 
 if __name__ == "__main__":
     opts = options()
-    os.environ["AIOTQ_BROKER_URL"] = opts.redis
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the producer on uvloop
     run(lambda: scenario(AiotqDriver(), opts))

@@ -45,6 +45,4 @@ class ArqDriver(Driver):
 
 if __name__ == "__main__":
     opts = options()
-    os.environ.update(BENCH_REDIS=opts.redis, BENCH_CONCURRENCY=str(opts.concurrency),
-                      BENCH_TUNED="1" if opts.tuned else "0")  # fmt: skip
     run(lambda: scenario(ArqDriver(), opts))

@@ -1,4 +1,4 @@
-"""The benchmark's tasks on Celery (broker and backend: the same Redis db, BENCH_REDIS)."""
+"""The benchmark's tasks on Celery (broker BENCH_BROKER, results in Redis: BENCH_REDIS)."""
 
 import http.client
 import json
@@ -8,7 +8,7 @@ import time
 from celery import Celery
 
 url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/14")
-app = Celery("bench", broker=url, backend=url)
+app = Celery("bench", broker=os.environ.get("BENCH_BROKER", url), backend=url)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",

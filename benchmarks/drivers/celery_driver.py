@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -43,6 +42,4 @@ class CeleryDriver(Driver):
 
 if __name__ == "__main__":
     opts = options()
-    os.environ["BENCH_REDIS"] = opts.redis
-    os.environ["BENCH_TUNED"] = "1" if opts.tuned else "0"
     run(lambda: scenario(CeleryDriver(), opts))

@@ -52,5 +52,4 @@ class SaqDriver(Driver):
 
 if __name__ == "__main__":
     opts = options()
-    os.environ.update(BENCH_REDIS=opts.redis, BENCH_CONCURRENCY=str(opts.concurrency))
     run(lambda: scenario(SaqDriver(), opts))

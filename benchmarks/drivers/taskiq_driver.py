@@ -46,5 +46,4 @@ class TaskiqDriver(Driver):
 
 if __name__ == "__main__":
     opts = options()
-    os.environ.update(BENCH_REDIS=opts.redis, BENCH_TUNED="1" if opts.tuned else "0")
     run(lambda: scenario(TaskiqDriver(), opts))
