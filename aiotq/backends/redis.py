@@ -6,8 +6,8 @@
 
 A waiter reads the key first: a task already finished costs one GET and no subscription
 (a producer collecting many results mostly finds them there). Otherwise it subscribes, then
-reads the key again, so a store between the two reads is not missed. One pub/sub connection
-per process and loop serves every waiter.
+reads the key again once Redis has confirmed the subscription, so a store between the two
+reads is not missed. One pub/sub connection per process and loop serves every waiter.
 """
 
 from __future__ import annotations
@@ -45,23 +45,33 @@ def result_key(task_id: str) -> str:
 
 
 class _Listener:
-    """The process's one pub/sub connection on a loop, fanning messages out to waiters."""
+    """The process's one pub/sub connection on a loop, fanning messages out to waiters.
+
+    `subscribe()` returns only once Redis has confirmed the subscription: a SUBSCRIBE on this
+    connection and a GET on another are not ordered, so a waiter reading the key before the
+    confirmation could miss a store landing in between (announced to nobody, read by nobody).
+    """
 
     def __init__(self, clients: LoopClients) -> None:
         self._clients = clients
         self._client = clients.dedicated()
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._client.pubsub()  # subscribe confirmations are ours to see
         self._inboxes: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()  # the pub/sub has a connection to read
         self._reader: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
     async def subscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
-        first = channel not in self._inboxes
         self._inboxes.setdefault(channel, set()).add(inbox)
-        if first:
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = confirmed
             await self._pubsub.subscribe(channel)
+            self._connected.set()
         if self._reader is None:
             self._reader = asyncio.create_task(self._read(), name="aiotq-result-listener")
+        await asyncio.shield(confirmed)  # shared: one waiter's timeout must not cancel it
 
     async def unsubscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
         inboxes = self._inboxes.get(channel)
@@ -70,40 +80,61 @@ class _Listener:
         inboxes.discard(inbox)
         if not inboxes:
             del self._inboxes[channel]
+            self._confirmed.pop(channel, None)
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await self._pubsub.unsubscribe(channel)
 
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message.get("type"), message.get("channel")
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "message":
+            for inbox in self._inboxes.get(name, ()):
+                inbox.put_nowait(message["data"])
+        elif kind == "subscribe":
+            confirmed = self._confirmed.get(name)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
     async def _read(self) -> None:
         while True:
+            if self._pubsub.connection is None:  # nothing subscribed since a reconnect
+                self._connected.clear()
+                await self._connected.wait()
+                continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except CONNECTION_ERRORS as exc:
                 log.warning("result listener lost its connection (%s); resubscribing", exc)
                 await self._reconnect()
                 continue
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"].decode()
-            for inbox in self._inboxes.get(channel, ()):
-                inbox.put_nowait(message["data"])
+            if message is not None:
+                self._dispatch(message)
 
     async def _reconnect(self) -> None:
-        """A fresh pub/sub connection, subscribed again, then every watched key re-read, so
-        no store made while we were away is missed. Retried until it works."""
+        """A fresh pub/sub connection, subscribed again and confirmed, then every watched key
+        re-read, so no store made while we were away is missed. Retried until it works."""
         delay = 0.1
         while True:
-            old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
+            old, self._pubsub = self._pubsub, self._client.pubsub()
             with contextlib.suppress(Exception):
                 await old.aclose()  # gives its connection back to the pool
             try:
                 async with asyncio.timeout(5):
-                    if self._inboxes:
-                        await self._pubsub.subscribe(*self._inboxes)
+                    channels = list(self._inboxes)
+                    if channels:
+                        await self._pubsub.subscribe(*channels)
+                    waiting = set(channels)
+                    while waiting:
+                        message = await self._pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self._dispatch(message)
+                            if message.get("type") == "subscribe":
+                                waiting.discard(message["channel"].decode())
                     client = self._clients.get()
-                    for channel, inboxes in list(self._inboxes.items()):
+                    for channel in channels:
                         data: Any = await client.get(channel)
                         if data is not None:
-                            for inbox in inboxes:
+                            for inbox in self._inboxes.get(channel, ()):
                                 inbox.put_nowait(data)
                 return
             except CONNECTION_ERRORS as exc:  # TimeoutError is an OSError
@@ -168,10 +199,10 @@ class RedisBackend:
             listener = self._listeners[loop] = _Listener(self._clients)
         channel = result_key(task_id)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        async with translated(self.url, BackendConnectionError):
-            await listener.subscribe(channel, inbox)
         try:
-            current = await self._get_retrying(task_id)
+            async with translated(self.url, BackendConnectionError):
+                await listener.subscribe(channel, inbox)
+            current = await self._get_retrying(task_id)  # after the confirmation: see above
             if current is not None:
                 yield current
             while True:
