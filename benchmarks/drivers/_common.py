@@ -84,14 +84,14 @@ class Workers:
         self.logs = [tempfile.TemporaryFile() for _ in range(count)]  # noqa: SIM115 - closed in stop()
         self.procs = [
             subprocess.Popen(
-                list(command),
+                [part.replace("{index}", str(index)) for part in command],  # a name per worker
                 cwd=ROOT,
                 env=environment,
                 start_new_session=True,
                 stdout=log,
                 stderr=log,
             )
-            for log in self.logs
+            for index, log in enumerate(self.logs)
         ]
         pidfile = os.environ.get("BENCH_PIDFILE")
         if pidfile:  # the orchestrator kills whatever a killed driver left behind
@@ -111,8 +111,9 @@ class Workers:
         for proc, log in zip(self.procs, self.logs, strict=True):
             if proc.poll() is not None:
                 log.seek(0)
-                error = log.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"a worker exited with {proc.returncode}: {error}")
+                lines = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+                # the exception's own line is the last one; the row shows it first
+                raise RuntimeError(f"a worker exited with {proc.returncode}: {lines[-1]}")
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,7 +13,10 @@ class CeleryDriver(Driver):
     def worker_command(self, opts: argparse.Namespace) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "benchmarks.drivers.celery_app", "worker",
                 "-P", opts.pool or "prefork", "-c", str(opts.concurrency), "--loglevel=warning",
-                "--without-heartbeat", "--without-mingle", "--without-gossip"]  # fmt: skip
+                "--without-heartbeat", "--without-mingle", "--without-gossip",
+                # two workers on one host need two node names (on RabbitMQ each holds an
+                # exclusive remote-control queue named after its node)
+                "-n", "bench{index}@%h"]  # fmt: skip
 
     async def start(self, opts: argparse.Namespace) -> None:
         from benchmarks.drivers import celery_app
