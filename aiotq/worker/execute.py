@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -218,6 +217,8 @@ class Executor:
                 call = contextvars.copy_context().run
                 future = loop.run_in_executor(self.threads, call, _call, task, message)
                 return await with_limits(future, hard)
+            from concurrent.futures.process import BrokenProcessPool  # with the pool: 4 MB
+
             payload = pack_call(message.args, message.kwargs, request)
             module, qualname = task.fn.__module__, task.fn.__qualname__
             try:

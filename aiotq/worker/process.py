@@ -8,18 +8,19 @@ module and finds the task by its qualified name (so process tasks are module-lev
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..exceptions import Retry
 from ..task import Request, current_request
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -102,6 +103,10 @@ class ProcessPool:
     @property
     def executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # imported with the first process task: multiprocessing costs a worker 4 MB
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             self._pool = ProcessPoolExecutor(
                 self._size,
                 mp_context=multiprocessing.get_context("spawn"),
