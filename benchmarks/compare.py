@@ -154,7 +154,10 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 2)
     args.run_timeout = args.run_timeout or (60.0 if args.quick else 180.0)
     systems = [s for s in SYSTEMS if not args.quick or s.key in QUICK]
-    systems = [s for s in systems if s.broker in args.brokers.split(",")]
+    brokers = args.brokers.split(",")
+    if unknown := set(brokers) - {s.broker for s in SYSTEMS}:
+        parser.error(f"unknown broker(s) {sorted(unknown)}: use redis, rabbitmq")
+    systems = [s for s in systems if s.broker in brokers]
     if args.only:
         systems = [s for s in systems if s.label in args.only.split(",")]
     for name in sorted({s.name for s in systems}):

@@ -240,6 +240,18 @@ class Driver:
         raise NotImplementedError
 
 
+async def succeeded(result: Any) -> bool:
+    """Await a peer's result: True on success, False when the task failed; a TimeoutError
+    (no result at all) propagates, so the run fails instead of counting a loss."""
+    try:
+        await result
+    except TimeoutError:
+        raise
+    except Exception:
+        return False
+    return True
+
+
 async def scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
     flush(opts)
     await driver.start(opts)

@@ -11,7 +11,7 @@ import uvloop
 
 from aiotq import App
 
-from ._common import Driver, options, run, scenario
+from ._common import Driver, options, run, scenario, succeeded
 
 
 class AiotqDriver(Driver):
@@ -34,13 +34,7 @@ class AiotqDriver(Driver):
         return await self.app.asend_task("bench.sms", (self.port, f"+1555{i:07d}"))
 
     async def wait(self, handle: Any, timeout: float) -> bool:
-        try:
-            await handle.get(timeout=timeout)
-        except TimeoutError:
-            raise
-        except Exception:
-            return False
-        return True
+        return await succeeded(handle.get(timeout=timeout))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import Driver, options, run, scenario
+from ._common import Driver, options, run, scenario, succeeded
 
 
 class ArqDriver(Driver):
@@ -34,13 +34,7 @@ class ArqDriver(Driver):
         return await self.pool.enqueue_job("sms", self.port, f"+1555{i:07d}")
 
     async def wait(self, handle: Any, timeout: float) -> bool:
-        try:
-            await handle.result(timeout=timeout, poll_delay=self.poll_s)
-        except TimeoutError:
-            raise
-        except Exception:
-            return False
-        return True
+        return await succeeded(handle.result(timeout=timeout, poll_delay=self.poll_s))
 
 
 if __name__ == "__main__":
