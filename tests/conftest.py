@@ -12,17 +12,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import uvloop
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REDIS_HOST = os.environ.get("AIOTQ_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("AIOTQ_TEST_REDIS_PORT", "6379"))
+from .servers import RedisServer, redis_binary
 
-_dbs = itertools.cycle(range(1, 16))  # db 0 is left to humans
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_dbs = itertools.cycle(range(1, 16))
 
 
 def pytest_asyncio_loop_factories(config: Any, item: pytest.Item) -> dict[str, Callable[[], Any]]:
@@ -39,17 +39,48 @@ def server_missing(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def need_redis_server() -> None:
+    if redis_binary() is None:
+        server_missing(
+            "redis-server (to start one of the suite's own)", FileNotFoundError("not on PATH")
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The suite's own redis-server on a free port in a temp dir, stopped by PID at the end:
+    no test touches a Redis it did not start."""
+    need_redis_server()
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis URL on a db of its own, flushed before and after the test."""
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-servers of this test's own (`own_redis(maxmemory="2mb")`) to fault."""
+    need_redis_server()
+    started: list[RedisServer] = []
+
+    def start(**options: Any) -> RedisServer:
+        server = RedisServer.start(tmp_path / f"redis-{len(started)}", **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A db of the suite's own server, flushed before and after the test."""
     db = next(_dbs)
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError as exc:
-        server_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}", exc)
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    client = redis_server.client(db)
     client.flushdb()
+    yield redis_server.url(db)
+    if redis_server.proc is not None and redis_server.proc.poll() is None:
+        client.flushdb()
     client.close()
 
 
