@@ -16,12 +16,16 @@ from . import result as states
 from .app import App
 from .canvas import Signature, chain, chord, group
 from .exceptions import (
+    AccessRefused,
     AiotqError,
     BackendConnectionError,
     BackendError,
+    BackendUnavailable,
     BrokerConnectionError,
     BrokerError,
+    BrokerUnavailable,
     ConfigurationError,
+    DeliveryLimitExceeded,
     MaxRetriesExceededError,
     MessageRejected,
     NotRegistered,
@@ -31,6 +35,7 @@ from .exceptions import (
     TaskError,
     TaskRevoked,
     TimeLimitExceeded,
+    Transient,
 )
 from .log import get_task_logger
 from .result import AsyncResult, GroupResult
@@ -43,15 +48,19 @@ from .worker.worker import Worker
 signature = Signature
 
 __all__ = [
+    "AccessRefused",
     "AckPolicy",
     "AiotqError",
     "App",
     "AsyncResult",
     "BackendConnectionError",
     "BackendError",
+    "BackendUnavailable",
     "BrokerConnectionError",
     "BrokerError",
+    "BrokerUnavailable",
     "ConfigurationError",
+    "DeliveryLimitExceeded",
     "Exchange",
     "GroupResult",
     "MaxRetriesExceededError",
@@ -67,6 +76,7 @@ __all__ = [
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
+    "Transient",
     "Worker",
     "__version__",
     "chain",

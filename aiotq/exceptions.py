@@ -2,12 +2,17 @@
 
     AiotqError
     ├── ConfigurationError         bad setting, bad URL, unknown scheme (names the culprit)
+    │   └── AccessRefused          the server refused the credentials, user or vhost
     ├── NotRegistered              a task name no one registered
     ├── MessageRejected            a message that cannot be run: undecodable, bad content type
-    ├── BrokerError
-    │   └── BrokerConnectionError  the broker cannot be reached (retried where safe)
-    ├── BackendError
-    │   └── BackendConnectionError
+    ├── Transient                  may pass: retried (a message stays unacknowledged meanwhile)
+    │   ├── BrokerConnectionError  the broker cannot be reached
+    │   ├── BrokerUnavailable      reached, but refusing for now (locked, out of memory)
+    │   ├── BackendConnectionError
+    │   └── BackendUnavailable     reached, but refusing for now (OOM, locked, read-only)
+    ├── BrokerError                the broker refused this for good (also the base of the above)
+    ├── BackendError               the backend refused this for good (too large...)
+    ├── DeliveryLimitExceeded      a message delivered too often without finishing
     ├── TaskError                  a remote failure whose exception type is not importable here
     ├── TimeLimitExceeded          hard time limit: the task was stopped
     ├── SoftTimeLimitExceeded      raised inside an async task so it can clean up
@@ -16,8 +21,9 @@
     ├── Retry                      control: raised by Task.retry(), caught by the worker
     └── Reject                     control: raised by a task to reject its message
 
-Third-party errors (redis, aio-pika, msgspec) are translated at the module that
-talks to them, so callers only ever catch these.
+Third-party errors (redis, aio-pika, sqlite3, msgspec) are translated at the module that
+talks to them, so callers only ever catch these. Whether an error is retried is decided by
+its class: `Transient` ones are, every other one is final for the operation that raised it.
 """
 
 from __future__ import annotations
@@ -49,20 +55,42 @@ class MessageRejected(AiotqError):
         self.message_id = message_id
 
 
+class AccessRefused(ConfigurationError):
+    """The server refused our credentials (or the user's rights, or the vhost): retrying the
+    same ones cannot help, so a worker exits with this one line instead of looping."""
+
+
+class Transient(AiotqError):
+    """An error that may pass: the caller retries with backoff (never loses the message)."""
+
+
 class BrokerError(AiotqError):
     pass
 
 
-class BrokerConnectionError(BrokerError, ConnectionError):
+class BrokerConnectionError(BrokerError, Transient, ConnectionError):
     pass
+
+
+class BrokerUnavailable(BrokerError, Transient):
+    """The broker answered but cannot take this now (a locked SQLite file, Redis OOM)."""
 
 
 class BackendError(AiotqError):
     pass
 
 
-class BackendConnectionError(BackendError, ConnectionError):
+class BackendConnectionError(BackendError, Transient, ConnectionError):
     pass
+
+
+class BackendUnavailable(BackendError, Transient):
+    """The backend answered but cannot store now (OOM, locked, read-only replica, loading)."""
+
+
+class DeliveryLimitExceeded(AiotqError):
+    """The message was delivered more than its limit without finishing (it may kill its
+    worker): dead-lettered instead of run again."""
 
 
 class TaskError(AiotqError):
