@@ -12,18 +12,42 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from .exceptions import ConfigurationError
+from .exceptions import (
+    AccessRefused,
+    BackendConnectionError,
+    BackendError,
+    BackendUnavailable,
+    BrokerConnectionError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+)
 from .urls import mask_password
 
 CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
+# The server refused who we are (password, user, ACL rights): the same credentials are
+# refused again. redis-py maps the NOAUTH, WRONGPASS and NOPERM replies to these classes.
+ACCESS_ERRORS = (
+    redis_errors.AuthenticationError,  # a ConnectionError subclass: caught before those
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,
+    redis_errors.AuthenticationWrongNumberOfArgsError,
+)
+
+
 def retry_may_help(exc: BaseException) -> bool:
-    """A refused certificate stays refused: retrying it only delays the real error."""
-    cause = exc.__cause__ or exc.__context__
-    return not isinstance(exc, ssl.SSLCertVerificationError) and not isinstance(
-        cause, ssl.SSLCertVerificationError
-    )
+    """A refused certificate stays refused and a server of another protocol stays one:
+    retrying only delays the real error. Looks down the chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (ssl.SSLCertVerificationError, redis_errors.InvalidResponse)):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 class BoundedPool(aioredis.ConnectionPool):
@@ -71,10 +95,17 @@ class LoopClients:
     """One redis client (with its bounded pool) per event loop: redis.asyncio objects are
     bound to the loop they first ran on, and a producer's portal loop differs from a worker's."""
 
-    def __init__(self, url: str, max_connections: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_connections: int,
+        timeout_s: float,
+        socket_timeout_s: float | None = None,
+    ) -> None:
         self.url = url
         self._max = max_connections
         self._timeout_s = timeout_s
+        self._socket_timeout_s = socket_timeout_s  # a server that never answers is an error
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary()
         )
@@ -83,7 +114,7 @@ class LoopClients:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            pool = pool_for(self.url, self._max, self._timeout_s)
+            pool = pool_for(self.url, self._max, self._timeout_s, self._socket_timeout_s)
             client = aioredis.Redis(connection_pool=pool)
             self._clients[loop] = client
         return client
@@ -103,10 +134,44 @@ class LoopClients:
             await client.connection_pool.disconnect()
 
 
+# Replies of a server that is up but cannot do this now: they pass (memory freed, a failover
+# done, a dump loaded, a disk fixed), so they are retried like a lost connection.
+PASSING_REPLIES = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+PASSING_PREFIXES = ("MISCONF", "NOREPLICAS", "LOADING", "MASTERDOWN", "BUSY ")
+
+# For each side, the error for "unreachable", "up but refusing for now" and "refused for good".
+FAMILIES: dict[type[Exception], tuple[type[Exception], type[Exception]]] = {
+    BrokerConnectionError: (BrokerUnavailable, BrokerError),
+    BackendConnectionError: (BackendUnavailable, BackendError),
+}
+
+
+def passes(exc: redis_errors.ResponseError) -> bool:
+    return isinstance(exc, PASSING_REPLIES) or str(exc).startswith(PASSING_PREFIXES)
+
+
 @asynccontextmanager
 async def translated(url: str, error: type[Exception]) -> AsyncIterator[None]:
-    """Turn redis connection errors into aiotq's own, naming the masked URL."""
+    """Turn redis errors into aiotq's own, naming the masked URL: `error` (a connection error
+    class) when unreachable, its family's Unavailable when the reply says "not now", its
+    family's final error for any other refusal."""
     try:
         yield
+    except ACCESS_ERRORS as exc:
+        raise AccessRefused(f"Redis at {mask_password(url)} refused access: {exc}") from exc
+    except redis_errors.InvalidResponse as exc:  # retrying cannot make it speak Redis
+        raise ConfigurationError(
+            f"{mask_password(url)} answered, but not in the Redis protocol "
+            f"(another service on that port?): {exc}"
+        ) from exc
     except CONNECTION_ERRORS as exc:
         raise error(f"cannot reach Redis at {mask_password(url)}: {exc}") from exc
+    except redis_errors.ResponseError as exc:
+        unavailable, final = FAMILIES[error]
+        kind = unavailable if passes(exc) else final
+        raise kind(f"Redis at {mask_password(url)} refused: {exc}") from exc

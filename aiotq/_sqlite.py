@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,23 +95,74 @@ def path_of(url: str) -> Path:
     return Path(rest[1:]).expanduser().resolve()
 
 
-class Database:
-    """One connection on one thread of its own; `run(fn)` calls fn(connection) there."""
+# SQLite's primary result codes that pass: another process holds the lock past our busy
+# timeout, the disk is full or failed for a moment, memory ran short. Retried, like a lost
+# connection; every other code (too big, corrupt, constraint) is final for that statement.
+PASSING_CODES = frozenset(
+    {5, 6, 7, 8, 10, 13, 15}
+)  # BUSY LOCKED NOMEM READONLY IOERR FULL PROTOCOL
 
-    def __init__(self, url: str, busy_timeout_s: float = 30.0) -> None:
+
+class Database:
+    """One connection on one thread of its own; `run(fn)` calls fn(connection) there.
+
+    sqlite3's errors never leave `run()`: they become `errors[0]` (the side's Unavailable:
+    retried by the caller) or `errors[1]` (its final error), naming the file."""
+
+    def __init__(
+        self,
+        url: str,
+        busy_timeout_s: float = 30.0,
+        errors: tuple[type[Exception], type[Exception]] = (RuntimeError, RuntimeError),
+    ) -> None:
         self.path = path_of(url)
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._busy_timeout_s = busy_timeout_s
+        self._unavailable, self._final = errors
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="aiotq-sqlite")
         self._connection: sqlite3.Connection | None = None
+        if hasattr(os, "register_at_fork"):  # POSIX
+            me = weakref.ref(self)  # the hook must not keep the database alive
+
+            def in_child() -> None:
+                database = me()
+                if database is not None:
+                    database._forked()
+
+            os.register_at_fork(after_in_child=in_child)
+
+    def _forked(self) -> None:
+        """In a fork's child: the executor's thread did not come along (a statement would
+        wait for it for ever) and SQLite forbids using a connection opened before a fork,
+        or closing it there. Start afresh; the parent's two are kept, never touched."""
+        self._inherited = (self._executor, self._connection)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="aiotq-sqlite")
+        self._connection = None
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._connection is None:
-            self._connection = self._open()
-        return fn(self._connection)
+        import sqlite3
+
+        try:
+            if self._connection is None:
+                self._connection = self._open()
+            return fn(self._connection)
+        except sqlite3.Error as exc:
+            raise self._translated(exc) from exc
+
+    def _translated(self, exc: sqlite3.Error) -> Exception:
+        code = getattr(exc, "sqlite_errorcode", None)
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        if code is not None and code & 0xFF in PASSING_CODES:
+            if code & 0xFF in (5, 6):
+                return self._unavailable(
+                    f"SQLite database {self.path} is locked by another process (waited"
+                    f" {self._busy_timeout_s:g}s, sqlite_busy_timeout_s): {exc}"
+                )
+            return self._unavailable(f"SQLite database {self.path}: {name}: {exc}")
+        return self._final(f"SQLite database {self.path} refused: {name}: {exc}")
 
     def _open(self) -> sqlite3.Connection:
         import sqlite3
@@ -120,13 +172,17 @@ class Database:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
-        with transaction(connection):  # several processes may create it at once
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            with transaction(connection):  # several processes may create it at once
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+        except BaseException:
+            connection.close()  # opened again on the next call (a lock may have passed)
+            raise
         return connection
 
     async def aclose(self) -> None:

@@ -121,16 +121,26 @@ class App:
             return
         self._imported = True
         settings = self.conf.settings
+
+        def load(name: str, missing_ok: bool = False) -> bool:
+            """Import one task module: False if it does not exist and that is allowed. Any
+            error it raises becomes one that names the module (the CLI prints one line)."""
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                if missing_ok and isinstance(exc, ModuleNotFoundError) and exc.name == name:
+                    return False
+                raise ConfigurationError(
+                    f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            return True
+
         for module in [*settings.imports, *settings.include]:
-            importlib.import_module(module)
+            load(module)
         for packages, related in self._autodiscover:
             for package in packages:
-                try:
-                    importlib.import_module(f"{package}.{related}")
-                except ModuleNotFoundError as exc:
-                    if exc.name != f"{package}.{related}":
-                        raise
-                    importlib.import_module(package)
+                if not load(f"{package}.{related}", missing_ok=True):
+                    load(package)
 
     def finalize(self) -> Settings:
         """Freeze settings, read the environment once, build broker and backend (a bad URL

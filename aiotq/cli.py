@@ -33,7 +33,15 @@ AppOption = Annotated[
 ]
 
 
-def fail(message: str) -> typer.Exit:
+log = logging.getLogger("aiotq.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def fail(message: str, cause: BaseException | None = None) -> typer.Exit:
+    """One line on stderr; the stack of `cause` too, but only at `-l debug`."""
+    if cause is not None:
+        log.debug("The stack of the error below:", exc_info=cause)
     typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(2)
 
@@ -47,9 +55,10 @@ def load_app(path: str | None) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise fail(f"cannot import {module_name!r}: {exc}") from None
+        raise fail(f"cannot import {module_name!r}: {exc}", exc) from None
     except Exception as exc:
-        raise fail(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+        message = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        raise fail(message, exc) from None
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, App):
@@ -78,6 +87,9 @@ def run_against(app: App, work: Callable[[], Awaitable[None]]) -> None:
 
 
 def setup_logging(level: str) -> None:
+    """Before anything else runs: a wrong level is one line naming the valid ones."""
+    if level.lower() not in LOG_LEVELS:
+        raise fail(f"unknown log level {level!r}; use one of: {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=level.upper(),
         format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
@@ -151,7 +163,7 @@ def worker(
         )
         run(w.run())
     except AiotqError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), exc) from None
 
 
 @cli.command("beat")
@@ -170,7 +182,7 @@ def beat_command(
     try:
         run(run_beat(app))
     except AiotqError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), exc) from None
 
 
 async def run_beat(app: App) -> None:

@@ -45,17 +45,26 @@ class Settings(msgspec.Struct, kw_only=True):
     task_default_priority: int | None = None
     task_default_max_retries: int = 3
     task_default_retry_delay_s: float = 180.0
+    # delivered this often without finishing (it killed its worker?): dead-lettered, not run
+    task_max_deliveries: int | None = 5
+    # larger results fail with a clear error instead of a store that can never succeed
+    # (Redis's proto-max-bulk-len is 512 MB, RabbitMQ's max message size 128 MB)
+    result_max_bytes: int = 64 * 1024 * 1024
     worker_concurrency: int = 100
     worker_prefetch_multiplier: int = 1
     worker_threads: int = 10
     worker_processes: int = 0  # 0: one per CPU
     worker_shutdown_timeout_s: float = 30.0
     worker_tick_interval_s: float = 0.25
+    worker_log_values: bool = True  # False: success lines carry no result (personal data)
+    worker_log_value_max: int = 1024  # chars of a result's repr in a log line (Celery: 1024)
     broker_visibility_timeout_s: float = 60.0
     broker_pool_size: int = 10
     broker_connection_timeout_s: float = 5.0
     broker_connection_retry_on_startup: bool = True
+    sqlite_busy_timeout_s: float = 30.0  # how long a statement waits for another process's lock
     broker_publish_retry_s: float = 10.0
+    broker_socket_timeout_s: float = 10.0  # Redis broker and backend: a read unanswered fails
     timezone: str = "UTC"
     enable_utc: bool = True
     beat_schedule: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -90,6 +90,7 @@ class Task(Generic[P, R]):
         expires: float | None = None,
         executor: Executor | None = None,
         priority: int | None = None,
+        max_deliveries: int | None = None,
         typing: bool = True,
     ) -> None:
         self.app = app
@@ -126,6 +127,9 @@ class Task(Generic[P, R]):
         self.rate_per_s = parse_rate(rate_limit)
         self.expires = expires
         self.priority = priority
+        if max_deliveries is not None and max_deliveries < 1:
+            raise ConfigurationError(f"task {self.name}: max_deliveries must be 1 or more")
+        self.max_deliveries = max_deliveries  # None: the task_max_deliveries setting
         self.typing = typing
         self._signature = inspect.signature(fn)
         self.__name__ = fn.__name__

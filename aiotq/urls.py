@@ -13,7 +13,9 @@ T = TypeVar("T")
 
 
 def mask_password(url: str) -> str:
-    """`redis://:secret@h:6379/0` -> `redis://:**@h:6379/0`; never log a URL without this."""
+    """`redis://:secret@h:6379/0` -> `redis://:**@h:6379/0`; never log a URL without this.
+
+    Never raises: it runs in the error messages about bad URLs (a port that is no number)."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -21,10 +23,16 @@ def mask_password(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: `parts.port` raises on a bad port
     return urlunsplit(parts._replace(netloc=f"{user}:**@{host}"))
+
+
+def check_port(url: str, what: str) -> int | None:
+    """A port that is no number (or out of range) fails here, before any connection."""
+    try:
+        return urlsplit(url).port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad port in {what} URL {mask_password(url)!r}: {exc}") from None
 
 
 def scheme_of(url: str) -> str:
@@ -38,6 +46,7 @@ def scheme_of(url: str) -> str:
 def choose(url: str, table: Mapping[str, Callable[..., T]], what: str, *args: object) -> T:
     """Build the implementation registered for the URL's scheme, with 'did you mean' on a typo."""
     scheme = scheme_of(url)
+    check_port(url, what)
     factory = table.get(scheme)
     if factory is None:
         close = difflib.get_close_matches(scheme, list(table), n=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
 from aiotq import App, SoftTimeLimitExceeded
@@ -35,6 +36,8 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     # the kill tests shorten the visibility timeout through the harness's own variable
     visibility_s = float(os.environ.get("E2E_VISIBILITY_S", "60"))
     app = App("e2e", broker=broker, backend=backend, broker_visibility_timeout_s=visibility_s)
+    if os.environ.get("E2E_SQLITE_BUSY_S"):  # the lock tests lower the busy timeout
+        app.conf.sqlite_busy_timeout_s = float(os.environ["E2E_SQLITE_BUSY_S"])
     if os.environ.get("E2E_BEAT_EVERY_S"):  # the beat tests' schedule, for `worker -B`
         app.conf.beat_schedule = {
             "tick": {"task": "e2e.now", "schedule": float(os.environ["E2E_BEAT_EVERY_S"])}
@@ -60,6 +63,11 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     @app.task(name="e2e.on_error")
     async def on_error(task_id: str, error: str) -> str:
         return f"{task_id} failed: {error}"
+
+    @app.task(name="e2e.poison", max_deliveries=2)
+    async def poison() -> None:
+        """A task that kills its worker, as a segfault in a C extension or an OOM kill does."""
+        os.kill(os.getpid(), signal.SIGKILL)
 
     @app.task(name="e2e.now")
     async def now() -> float:

@@ -68,6 +68,7 @@ class RedisServer:
                 return
             except redis.exceptions.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
                     raise RuntimeError(
                         f"redis-server on port {self.port} did not start: "
                         f"{(self.directory / f'redis-{self.port}.log').read_text()[-500:]}"
@@ -80,10 +81,15 @@ class RedisServer:
         return self.proc.pid
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        password = self.options.get("requirepass")
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=5)
+        password = self.options.get("requirepass")
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, db=db, password=password, socket_timeout=5
+        )
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)

@@ -25,13 +25,14 @@ def _redis(url: str, settings: Settings, broker: Broker) -> Any:
         url,
         pool_size=settings.broker_pool_size,
         connect_timeout_s=settings.broker_connection_timeout_s,
+        socket_timeout_s=settings.broker_socket_timeout_s,
     )
 
 
 def _sqlite(url: str, settings: Settings, broker: Broker) -> Any:
     from .sqlite import SqliteBackend
 
-    return SqliteBackend(url)
+    return SqliteBackend(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
 
 
 def _rpc(url: str, settings: Settings, broker: Broker) -> Any:

@@ -156,9 +156,16 @@ class _Listener:
 
 
 class RedisBackend:
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout_s: float = 5.0,
+        socket_timeout_s: float | None = 10.0,
+    ) -> None:
         self.url = url
-        self._clients = LoopClients(url, pool_size, connect_timeout_s)
+        self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
         self._listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
 
     def __repr__(self) -> str:

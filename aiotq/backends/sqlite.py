@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 
 from .._sqlite import Database, Doorbell, Listener, transaction
+from ..exceptions import AiotqError, BackendError, BackendUnavailable
 
 log = logging.getLogger("aiotq.backend")
 
@@ -29,9 +30,9 @@ def _now_ms() -> int:
 
 
 class SqliteBackend:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
-        self._db = Database(url)
+        self._db = Database(url, busy_timeout_s, (BackendUnavailable, BackendError))
         self._bell = Doorbell(self._db.path, "results")
         self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = (
             weakref.WeakKeyDictionary()
@@ -169,7 +170,7 @@ class _Hub:
             self._listener.arm()
             try:
                 await self._deliver()
-            except sqlite3.Error as exc:  # e.g. locked past the busy timeout: try again
+            except AiotqError as exc:  # e.g. locked past the busy timeout: try again
                 log.warning("reading results failed, retrying: %s", exc)
                 await asyncio.sleep(0.5)
                 continue

@@ -29,13 +29,18 @@ def _redis(url: str, settings: Settings) -> Any:
         connect_timeout_s=settings.broker_connection_timeout_s,
         visibility_timeout_s=settings.broker_visibility_timeout_s,
         publish_retry_s=settings.broker_publish_retry_s,
+        socket_timeout_s=settings.broker_socket_timeout_s,
     )
 
 
 def _sqlite(url: str, settings: Settings) -> Any:
     from .sqlite import SqliteBroker
 
-    return SqliteBroker(url, visibility_timeout_s=settings.broker_visibility_timeout_s)
+    return SqliteBroker(
+        url,
+        visibility_timeout_s=settings.broker_visibility_timeout_s,
+        busy_timeout_s=settings.sqlite_busy_timeout_s,
+    )
 
 
 def _amqp(url: str, settings: Settings) -> Any:

@@ -29,12 +29,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from ..exceptions import BrokerConnectionError, BrokerError
+from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
 from .base import InWindow, Prefetch
 
@@ -45,6 +46,10 @@ DELAY_PREFIX = "aiotq.delay"
 DELIVER = f"{DELAY_PREFIX}.deliver"
 REASON = "x-aiotq-reason"
 REQUEUED = "x-aiotq-requeued"  # a dead letter put back: delivered before
+# Deliveries before this copy. A classic queue only says "redelivered", not how often, so
+# a redelivered message is published again with its count and the original acked.
+DELIVERED = "x-aiotq-delivered"
+RETURNS = "x-delivery-count"  # a quorum queue's own count of returned deliveries
 CONNECTION_ERRORS = (
     aio_pika.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -54,6 +59,13 @@ CONNECTION_ERRORS = (
     TimeoutError,
 )
 SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RuntimeError)
+
+
+def _number(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def delay_key(seconds: int, queue: str) -> str:
@@ -67,6 +79,7 @@ class AmqpDelivery(InWindow):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    delivery_count: int
     _message: AbstractIncomingMessage
     _broker: AmqpBroker
     _state: _Consuming | None = None
@@ -170,6 +183,9 @@ class AmqpBroker:
         self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = (
             weakref.WeakKeyDictionary()
         )
+        self._linking: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"AmqpBroker({mask_password(self.url)!r})"
@@ -178,18 +194,48 @@ class AmqpBroker:
     async def _link(self) -> _Link:
         loop = asyncio.get_running_loop()
         link = self._links.get(loop)
-        if link is None:
-            try:
-                connection = await aio_pika.connect_robust(
-                    self.url, timeout=self.connect_timeout_s, client_properties={"product": "aiotq"}
-                )
-            except (*CONNECTION_ERRORS, ValueError) as exc:
-                raise BrokerConnectionError(
-                    f"cannot reach RabbitMQ at {mask_password(self.url)}: {exc}"
-                ) from exc
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            link = self._links.setdefault(loop, _Link(connection, channel))
+        if link is not None:
+            return link
+        # Concurrent first calls (a burst of first sends) wait for one connection instead of
+        # each opening its own (a thousand of them, never closed, stalled every send).
+        async with self._linking.setdefault(loop, asyncio.Lock()):
+            link = self._links.get(loop)
+            if link is None:
+                link = self._links[loop] = await self._open()
         return link
+
+    async def _open(self) -> _Link:
+        where = mask_password(self.url)
+        try:
+            connection = await aio_pika.connect_robust(
+                self.url, timeout=self.connect_timeout_s, client_properties={"product": "aiotq"}
+            )
+        except aiormq.exceptions.ProbableAuthenticationError as exc:  # a ConnectionError too
+            raise AccessRefused(f"RabbitMQ at {where} refused the login: {exc}") from exc
+        except aiormq.exceptions.InvalidFrameError as exc:
+            # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED) when
+            # the vhost does not exist or the user may not use it; aiormq drops the reason.
+            if "Connection.Close" not in str(exc):
+                raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+            raise AccessRefused(
+                f"RabbitMQ at {where} refused vhost {self._vhost()!r}: it does not exist, "
+                f"or the user may not use it (rabbitmqctl list_vhosts / list_permissions)"
+            ) from exc
+        except (*CONNECTION_ERRORS, ValueError) as exc:
+            raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except BaseException as exc:
+            with contextlib.suppress(*SETTLE_ERRORS):
+                await connection.close()  # else it goes on reconnecting in the background
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+            raise
+        return _Link(connection, channel)
+
+    def _vhost(self) -> str:
+        path = urlsplit(self.url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
 
     async def connect(self) -> None:
         await self._link()
@@ -344,6 +390,9 @@ class AmqpBroker:
                 ready.add(name)
 
             async def on_message(message: AbstractIncomingMessage, name: str = name) -> None:
+                if message.redelivered and self.queue_type != "quorum":
+                    await self._count_again(message, name)
+                    return
                 state.buffers[name].append(self._delivery(message, name, state))
                 state.changed.set()
 
@@ -383,8 +432,20 @@ class AmqpBroker:
         }
         if "content-type" not in headers and message.content_type:
             headers["content-type"] = message.content_type
-        redelivered = bool(message.redelivered) or REQUEUED in headers
-        return AmqpDelivery(message.body, headers, queue, redelivered, message, self, state)
+        count = 1 + _number(headers.get(DELIVERED)) + _number(headers.get(RETURNS))
+        redelivered = bool(message.redelivered) or REQUEUED in headers or count > 1
+        return AmqpDelivery(message.body, headers, queue, redelivered, count, message, self, state)
+
+    async def _count_again(self, message: AbstractIncomingMessage, queue: str) -> None:
+        """A classic queue's redelivery: publish a copy that carries the delivery count, then
+        ack this one (a copy twice, if we die in between: at least once, as ever)."""
+        delivery = self._delivery(message, queue)
+        headers = {**delivery.headers, DELIVERED: str(delivery.delivery_count)}
+        try:
+            await self._publish_raw(queue, message.body, headers, message.priority)
+            await message.ack()
+        except (*SETTLE_ERRORS, BrokerError) as exc:  # still unacknowledged: it comes back
+            log.warning("could not count a redelivery of %s (%s)", headers.get("id", "?"), exc)
 
     async def tick(self) -> None:
         return None  # delays live in RabbitMQ's TTL queues; leases are RabbitMQ's own

@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+# A message handed out this many times has been running in two workers that died (or has
+# been returned twice): it may be what killed them. Brokers hand such a message out alone
+# (not in a batch whose other members would be counted with it), and the worker runs it
+# alone, so a poison message is counted toward its delivery limit without the good ones.
+SUSPECT_DELIVERIES = 3
+
 
 @runtime_checkable
 class Delivery(Protocol):
@@ -16,6 +22,7 @@ class Delivery(Protocol):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    delivery_count: int  # 1 on the first delivery; the worker dead-letters past the limit
 
     def finished(self) -> None:
         """The worker is done running it and has queued its result and ack: it no longer

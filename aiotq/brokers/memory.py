@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .base import InWindow, Prefetch
 
-Item = tuple[bytes, dict[str, str], bool]  # body, headers, redelivered
+Item = tuple[bytes, dict[str, str], int]  # body, headers, times handed out before
 
 
 @dataclass(slots=True, eq=False)
@@ -27,6 +27,7 @@ class MemoryDelivery(InWindow):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    delivery_count: int
     _broker: MemoryBroker
     _consumer: _Consumer
     _settled: bool = False
@@ -96,7 +97,7 @@ class MemoryBroker:
         delay_s: float = 0.0,
         priority: int | None = None,
     ) -> None:
-        item: Item = (body, dict(headers), False)
+        item: Item = (body, dict(headers), 0)
         with self._lock:
             self._put(queue, item, priority or 0, delay_s)
         self._wake_all()
@@ -128,7 +129,8 @@ class MemoryBroker:
         with self._lock:
             if requeue:
                 priority = int(delivery.headers.get("priority") or 0)
-                self._put(delivery.queue, (delivery.body, dict(delivery.headers), True), priority)
+                item = (delivery.body, dict(delivery.headers), delivery.delivery_count)
+                self._put(delivery.queue, item, priority)
             else:
                 self._dead.setdefault(delivery.queue, []).append((delivery.body, reason))
         self._wake_all()
@@ -177,8 +179,10 @@ class MemoryBroker:
                 queue = queues[next(turn)]
                 ready = self._ready.get(queue)
                 if ready:
-                    _, _, (body, headers, redelivered) = heapq.heappop(ready)
-                    delivery = MemoryDelivery(body, headers, queue, redelivered, self, consumer)
+                    _, _, (body, headers, before) = heapq.heappop(ready)
+                    delivery = MemoryDelivery(
+                        body, headers, queue, before > 0, before + 1, self, consumer
+                    )
                     delivery._window = consumer.window.take()
                     consumer.unacked.add(delivery)
                     self._unacked.add(delivery)
@@ -208,7 +212,7 @@ class MemoryBroker:
             dead = self._dead.get(queue, [])
             moved, self._dead[queue] = dead[:limit], dead[limit:]
             for body, _ in moved:
-                self._put(queue, (body, {}, True), 0)
+                self._put(queue, (body, {}, 1), 0)
         self._wake_all()
         return len(moved)
 

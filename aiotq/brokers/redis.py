@@ -39,11 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from redis import exceptions as redis_errors
 
+from .._backoff import Backoff
 from .._redis import CONNECTION_ERRORS, LoopClients, retry_may_help, translated
-from ..exceptions import BrokerConnectionError
+from ..exceptions import BrokerConnectionError, BrokerError, Transient
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
+from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
 from .base import InWindow, Prefetch
 
 log = logging.getLogger("aiotq.broker.redis")
@@ -55,53 +58,7 @@ _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 
 LEVELS = 10  # priorities 0-9
 BLOCK_S = 1.0  # longest blocking read, so a stop or a cancellation is seen within it
-
-# KEYS: one queue's streams, highest level first. Take up to ARGV[3] in that order.
-READ_BY_PRIORITY = """
-local budget = tonumber(ARGV[3])
-local out = {}
-for _, key in ipairs(KEYS) do
-  if budget <= 0 then break end
-  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', budget,
-                         'STREAMS', key, '>')
-  if got then
-    table.insert(out, got[1])
-    budget = budget - #got[1][2]
-  end
-end
-return out
-"""
-
-# KEYS: delayed, then the streams of levels 0..9. A member's first byte is its level.
-MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('XADD', KEYS[2 + string.byte(member, 1)], '*', 'e', string.sub(member, 2))
-end
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return #due
-"""
-
-# Move the oldest dead letters back to the stream, atomically.
-REQUEUE_DEAD = """
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[1]))
-for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'e' then redis.call('XADD', KEYS[2], '*', 'e', fields[i + 1], 'r', '1') end
-  end
-  redis.call('XDEL', KEYS[1], entry[1])
-end
-return #entries
-"""
-
-# Move one pending entry elsewhere (requeue or dead letter) and ack it, atomically.
-SETTLE = """
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], unpack(ARGV, 5))
-redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-"""
+MIN_ATTEMPT_S = 1.0  # the least a publish attempt may take, however small publish_retry_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +88,14 @@ def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _returned_before(fields: dict[bytes, bytes]) -> int:
+    """Deliveries before this entry: a message given back is written anew, with its count."""
+    try:
+        return int(fields.get(b"r", b"0"))
+    except ValueError:
+        return 1
+
+
 def level_of(priority: int | None) -> int:
     return min(max(priority or 0, 0), LEVELS - 1)
 
@@ -141,6 +106,7 @@ class RedisDelivery(InWindow):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    delivery_count: int
     stream: str
     entry_id: bytes
     envelope: bytes
@@ -167,14 +133,21 @@ class _Held:
     """A pool connection kept for one loop's publishes: a producer sending one message after
     another skips the pool's checkout and release on every command (about a quarter of the
     cost of an awaited send). A command that fails or is cancelled drops the connection, so a
-    reply is never read by the wrong caller; the next command reconnects."""
+    reply is never read by the wrong caller; the next command reconnects.
 
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
+    The connection is checked out by the first command, under the lock: concurrent first
+    sends (a web app's first burst) share that one, instead of each taking one of the pool's
+    that nobody gives back (a burst as large as the pool then waited for ever)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.connection: Any = None
         self.lock = asyncio.Lock()
 
     async def command(self, *args: Any) -> Any:
         async with self.lock:
+            if self.connection is None:
+                self.connection = await self.pool.get_connection()
             try:
                 await self.connection.send_command(*args)
                 return await self.connection.read_response()
@@ -224,11 +197,12 @@ class RedisBroker:
         connect_timeout_s: float = 5.0,
         visibility_timeout_s: float = 60.0,
         publish_retry_s: float = 10.0,
+        socket_timeout_s: float | None = 10.0,
     ) -> None:
         self.url = url
         self.visibility_timeout_s = visibility_timeout_s
         self.publish_retry_s = publish_retry_s
-        self._clients = LoopClients(url, pool_size, connect_timeout_s)
+        self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
         self._declared: set[str] = set()
         self._consumers: set[_Consumer] = set()
         self._last_claim = 0.0
@@ -278,32 +252,37 @@ class RedisBroker:
         level = level_of(priority)
         queue_keys = keys(queue)
         deadline = time.monotonic() + self.publish_retry_s
-        backoff = 0.05
+        backoff = Backoff(initial=0.05, cap=1.0)
         while True:
+            # Each attempt gets what is left of the deadline (MIN_ATTEMPT_S at least): a
+            # server that accepts and never answers must not hold a send past the bound.
+            bound = max(deadline - time.monotonic(), MIN_ATTEMPT_S)
             try:
-                client = self._clients.get()
-                if delay_s > 0:
-                    due_ms = int((time.time() + delay_s) * 1000)
-                    await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
+                async with translated(self.url, BrokerConnectionError), asyncio.timeout(bound):
+                    client = self._clients.get()
+                    if delay_s > 0:
+                        due_ms = int((time.time() + delay_s) * 1000)
+                        await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
+                        return
+                    loop = asyncio.get_running_loop()
+                    held = self._held.get(loop)
+                    if held is None:  # stored before any await: one per loop
+                        held = self._held[loop] = _Held(client.connection_pool)
+                    if held.lock.locked():  # concurrent sends: the pool serves the others
+                        await client.xadd(queue_keys.streams[level], {"e": envelope})
+                    else:
+                        await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
                     return
-                held = self._held.get(asyncio.get_running_loop())
-                if held is None:
-                    held = _Held(await client.connection_pool.get_connection())
-                    self._held[asyncio.get_running_loop()] = held
-                if held.lock.locked():  # concurrent sends: the pool serves the others
-                    await client.xadd(queue_keys.streams[level], {"e": envelope})
-                else:
-                    await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
-                return
-            except CONNECTION_ERRORS as exc:
-                if time.monotonic() + backoff > deadline or not retry_may_help(exc):
+            except Transient as exc:  # unreachable, or up but refusing for now: retried
+                delay = backoff.delay()
+                if time.monotonic() + delay > deadline or not retry_may_help(exc):
                     waited = time.monotonic() - deadline + self.publish_retry_s
-                    raise BrokerConnectionError(
+                    reason = str(exc.__cause__ or exc) or "no answer"
+                    raise type(exc)(
                         f"cannot publish to Redis at {mask_password(self.url)} "
-                        f"(gave up after {waited:.1f}s): {exc}"
+                        f"(gave up after {waited:.1f}s): {reason}"
                     ) from exc
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                await asyncio.sleep(delay)
 
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[RedisDelivery]:
         await self.declare(queues)
@@ -311,7 +290,7 @@ class RedisBroker:
         consumer = _Consumer(self, queues, prefetch, reader)
         self._consumers.add(consumer)
         fetched: deque[RedisDelivery] = deque()  # read, not yet handed out
-        backoff = 0.1
+        backoff = Backoff(initial=0.1, cap=5.0)
         try:
             while True:
                 _honour_cancellation()
@@ -319,16 +298,20 @@ class RedisBroker:
                     await consumer.wait_until(lambda: consumer.free_slots() > 0)
                     try:
                         entries = await self._read(consumer)
-                        backoff = 0.1
+                        backoff.reset()
                     except CONNECTION_ERRORS as exc:
-                        log.warning("redis connection lost (%s); retrying in %.1fs", exc, backoff)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                        delay = backoff.delay()
+                        log.warning("redis connection lost (%s); retrying in %.1fs", exc, delay)
+                        await asyncio.sleep(delay)
                         continue
-                    for stream, entry_id, fields, redelivered in entries:
+                    except redis_errors.ResponseError as exc:
+                        await self._after_refusal(exc, consumer, backoff)
+                        continue
+                    for stream, entry_id, fields, times in entries:
                         queue = consumer.queue_of[stream]
                         delivery = self._delivery(consumer, queue, stream, entry_id, fields)
-                        delivery.redelivered = redelivered or b"r" in fields
+                        delivery.delivery_count = _returned_before(fields) + times
+                        delivery.redelivered = delivery.delivery_count > 1
                         delivery._window = consumer.window.take()
                         consumer.held[entry_id] = delivery
                         fetched.append(delivery)
@@ -342,32 +325,73 @@ class RedisBroker:
             await reader.aclose()
             await reader.connection_pool.disconnect()
 
+    async def _claim_one(
+        self, consumer: _Consumer
+    ) -> tuple[bytes, bytes, dict[bytes, bytes], int] | None:
+        """Take over one message idle past the visibility timeout (its consumer died), with
+        the number of times it was delivered. One at a time: a message claimed but not run
+        is counted as a delivery all the same, so a batch claimed with a poison message would
+        be counted toward the limit with it every time it kills a worker."""
+        reader = consumer.reader
+        idle_ms = int(self.visibility_timeout_s * 1000)
+        for stream in consumer.streams:
+            cursor: Any = "0-0"
+            while True:  # XAUTOCLAIM scans ten entries per COUNT: follow its cursor
+                answer = await reader.xautoclaim(
+                    stream, GROUP, consumer.name, idle_ms, cursor, count=1
+                )
+                cursor, claimed = answer[0], answer[1]
+                for entry_id, fields in claimed:
+                    if fields:  # None when the entry was deleted meanwhile
+                        pending = await reader.xpending_range(
+                            stream, GROUP, min=entry_id, max=entry_id, count=1
+                        )
+                        times = int(pending[0]["times_delivered"]) if pending else 2
+                        log.warning("took over message %s (delivery %d) from a consumer that"
+                                    " stopped", entry_id.decode(), times)  # fmt: skip
+                        return stream.encode(), entry_id, fields, times
+                if cursor in (b"0-0", "0-0"):
+                    break
+        return None
+
+    async def _after_refusal(
+        self, exc: redis_errors.ResponseError, consumer: _Consumer, backoff: Backoff
+    ) -> None:
+        """A read Redis refused. The consumer group gone (a FLUSHDB, a restart without
+        persistence, a stream deleted by hand): make it again and read on. Anything else
+        (out of memory, loading): wait and read again; a consumer never dies of a reply."""
+        message = str(exc)
+        if "NOGROUP" in message or "no longer exists" in message:
+            log.warning("the consumer group of %s is gone (Redis flushed or restarted?);"
+                        " creating it again", ", ".join(consumer.queues))  # fmt: skip
+            self._declared.difference_update(consumer.queues)
+            try:
+                await self.declare(consumer.queues)
+                return
+            except BrokerError as again:
+                exc = again  # type: ignore[assignment]
+        delay = backoff.delay()
+        log.warning("redis refused a read (%s); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)
+
     async def _read(
         self, consumer: _Consumer
-    ) -> list[tuple[bytes, bytes, dict[bytes, bytes], bool]]:
+    ) -> list[tuple[bytes, bytes, dict[bytes, bytes], int]]:
         reader, streams, queue_of = consumer.reader, consumer.streams, consumer.queue_of
-        out: list[tuple[bytes, bytes, dict[bytes, bytes], bool]] = []
+        out: list[tuple[bytes, bytes, dict[bytes, bytes], int]] = []
         now = time.monotonic()
         if now - self._last_claim > self.visibility_timeout_s / 4:
+            claimed = await self._claim_one(consumer)
+            if claimed is not None:  # more may wait: claim again on the next read
+                return [claimed]
             self._last_claim = now
-            idle_ms = int(self.visibility_timeout_s * 1000)
-            for stream in streams:
-                claimed = await reader.xautoclaim(
-                    stream, GROUP, consumer.name, idle_ms, "0-0", count=consumer.free_slots()
-                )
-                for entry_id, fields in claimed[1]:
-                    if fields:  # None when the entry was deleted meanwhile
-                        out.append((stream.encode(), entry_id, fields, True))
-            if out:
-                log.warning("took over %d message(s) from a consumer that stopped", len(out))
-                return out
         share = -(-consumer.free_slots() // len(consumer.queues))
-        per_queue: list[list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = []
+        per_queue: list[list[tuple[bytes, bytes, dict[bytes, bytes], int]]] = []
         for queue in consumer.queues:
             levels = list(reversed(keys(queue).streams))
             answer = await consumer.read_script(keys=levels, args=[GROUP, consumer.name, share])
             per_queue.append(
-                [(stream, i, _fields(f), False) for stream, entries in answer for i, f in entries]
+                [(stream, i, _fields(f), 1) for stream, entries in answer for i, f in entries]
             )
         if not any(per_queue):
             # all empty: wait for new work; a few may come back at once, at most one per stream
@@ -378,10 +402,10 @@ class RedisBroker:
                 count=1,
                 block=int(BLOCK_S * 1000),
             )
-            grouped: dict[str, list[tuple[bytes, bytes, dict[bytes, bytes], bool]]] = {}
+            grouped: dict[str, list[tuple[bytes, bytes, dict[bytes, bytes], int]]] = {}
             for stream, entries in response or ():  # in the order asked: high levels first
                 batch = grouped.setdefault(queue_of[stream], [])
-                batch.extend((stream, i, f, False) for i, f in entries)
+                batch.extend((stream, i, f, 1) for i, f in entries)
             per_queue = list(grouped.values())
         for round_ in itertools.zip_longest(*per_queue):  # interleave the queues
             out.extend(entry for entry in round_ if entry is not None)
@@ -403,7 +427,7 @@ class RedisBroker:
             # dead-lettered with a reason through the one rejection path.
             headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
         return RedisDelivery(
-            body, headers, queue, False, stream.decode(), entry_id, envelope, consumer
+            body, headers, queue, False, 1, stream.decode(), entry_id, envelope, consumer
         )
 
     async def ack_many(self, deliveries: Sequence[RedisDelivery]) -> None:
@@ -425,7 +449,8 @@ class RedisBroker:
 
     async def _settle(self, delivery: RedisDelivery, requeue: bool, reason: str) -> None:
         stream, dead = delivery.stream, keys(delivery.queue).dead
-        target, extra = (stream, ["r", "1"]) if requeue else (dead, ["reason", reason])
+        returned = ["r", str(delivery.delivery_count)]  # times delivered, for the next count
+        target, extra = (stream, returned) if requeue else (dead, ["reason", reason])
         async with translated(self.url, BrokerConnectionError):
             await self._clients.get().eval(
                 SETTLE,
@@ -469,20 +494,23 @@ class RedisBroker:
             for delivery in consumer.held.values():
                 by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
             for stream, ids in by_stream.items():
-                await client.xclaim(stream, GROUP, consumer.name, 0, ids, justid=True)
+                # JUSTID: the idle time is reset without counting a delivery
+                try:
+                    await client.xclaim(stream, GROUP, consumer.name, 0, ids, justid=True)
+                except redis_errors.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):  # gone with a flush: nothing left to keep
+                        raise
 
     async def purge(self, queue: str) -> int:
         queue_keys = keys(queue)
         client = self._clients.get()
         async with translated(self.url, BrokerConnectionError):
+            waiting = await client.eval(PURGE, len(queue_keys.streams), *queue_keys.streams, GROUP)
             pipe = client.pipeline(transaction=True)
-            for stream in queue_keys.streams:
-                pipe.xlen(stream)
             pipe.zcard(queue_keys.delayed)
-            pipe.delete(*queue_keys.streams, queue_keys.delayed)
-            counts = await pipe.execute()
-            self._declared.discard(queue)
-        return sum(int(n) for n in counts[:-1])
+            pipe.delete(queue_keys.delayed)
+            delayed, _ = await pipe.execute()
+        return int(waiting) + int(delayed)
 
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         queue_keys = keys(queue)

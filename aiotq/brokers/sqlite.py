@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import sqlite3
 import time
 import uuid
@@ -24,12 +25,25 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from .._backoff import Backoff
 from .._sqlite import Database, Doorbell, transaction
-from .base import InWindow, Prefetch
+from ..exceptions import BrokerError, BrokerUnavailable
+from ..protocol import BROKEN_ENVELOPE
+from .base import SUSPECT_DELIVERIES, InWindow, Prefetch
 
 RECHECK_S = 5.0  # an idle consumer's safety net against a lost ring
 
 _headers_codec = msgspec.json.Decoder(dict[str, str])
+log = logging.getLogger("aiotq.broker.sqlite")
+
+
+def _headers_of(raw: bytes) -> dict[str, str]:
+    """A row whose headers are not ours to read is handed out as a broken envelope, so the
+    worker dead-letters it with a reason (instead of dying on it, and again on restart)."""
+    try:
+        return _headers_codec.decode(raw)
+    except Exception:  # msgspec raises DecodeError, ValidationError or UnicodeDecodeError
+        return {"content-type": BROKEN_ENVELOPE}
 
 
 def _now_ms() -> int:
@@ -46,6 +60,7 @@ class SqliteDelivery(InWindow):
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
+    delivery_count: int
     row_id: int
     _consumer: _Consumer
     _settled: bool = False
@@ -78,12 +93,17 @@ class _Consumer:
 
 class SqliteBroker:
     def __init__(
-        self, url: str, *, visibility_timeout_s: float = 60.0, recheck_s: float = RECHECK_S
+        self,
+        url: str,
+        *,
+        visibility_timeout_s: float = 60.0,
+        recheck_s: float = RECHECK_S,
+        busy_timeout_s: float = 30.0,
     ) -> None:
         self.url = url
         self.visibility_ms = int(visibility_timeout_s * 1000)
         self.recheck_s = recheck_s
-        self._db = Database(url)
+        self._db = Database(url, busy_timeout_s, (BrokerUnavailable, BrokerError))
         self._bell = Doorbell(self._db.path, "messages")
         self._consumers: set[_Consumer] = set()
 
@@ -187,6 +207,7 @@ class SqliteBroker:
         self._consumers.add(consumer)
         listener = self._bell.listen()
         fetched: deque[SqliteDelivery] = deque()  # claimed, not yet handed out
+        backoff = Backoff(initial=0.1, cap=5.0)
         try:
             while True:
                 if fetched:
@@ -199,14 +220,21 @@ class SqliteBroker:
                         await consumer.freed.wait()
                     continue
                 listener.arm()
-                rows, wait_s = await self._db.run(
-                    functools.partial(self._claim, consumer=consumer, room=room)
-                )
+                try:
+                    rows, wait_s = await self._db.run(
+                        functools.partial(self._claim, consumer=consumer, room=room)
+                    )
+                    backoff.reset()
+                except BrokerError as exc:  # locked past the busy timeout, disk full: wait
+                    delay = backoff.delay()
+                    log.warning("cannot claim messages (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
                 for row_id, queue, deliveries, headers, body in rows:
                     consumer.held.add(row_id)
                     fetched.append(
                         SqliteDelivery(
-                            body, _headers_codec.decode(headers), queue, deliveries > 0,
+                            body, _headers_of(headers), queue, deliveries > 0, deliveries + 1,
                             row_id, consumer, _window=consumer.window.take(),
                         )
                     )  # fmt: skip
@@ -229,9 +257,10 @@ class SqliteBroker:
         start = next(consumer.turn) % len(queues)
         order = [*queues[start:], *queues[:start]]
         rows: list[tuple[int, str, int, bytes, bytes]] = []
+        alone: list[bool] = []  # set once a suspect ends this claim
 
         def take(queue: str, limit: int) -> None:
-            if limit <= 0:
+            if limit <= 0 or alone:
                 return
             got = connection.execute(
                 "SELECT id, queue, deliveries, headers, body FROM messages"
@@ -239,6 +268,11 @@ class SqliteBroker:
                 " ORDER BY priority DESC, id LIMIT ?",
                 (queue, now, now, limit),
             ).fetchall()
+            for index, row in enumerate(got):  # a suspect is claimed alone (see base.py)
+                if row[2] + 1 >= SUSPECT_DELIVERIES:
+                    got = got[:index] if index or rows else got[:1]
+                    alone.append(True)
+                    break
             if got:
                 ids = [row[0] for row in got]
                 connection.execute(
@@ -305,7 +339,7 @@ class SqliteBroker:
                     (queue, limit),
                 ).fetchall()
                 for row_id, headers, body in rows:
-                    priority = int(_headers_codec.decode(headers).get("priority") or 0)
+                    priority = int(_headers_of(headers).get("priority") or 0)
                     connection.execute(
                         "INSERT INTO messages (queue, priority, due_ms, lease_ms, deliveries,"
                         " headers, body) VALUES (?, ?, 0, 0, 1, ?, ?)",

@@ -7,19 +7,30 @@ the result publisher, which stores first and acknowledges second: acks late by d
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextvars
 import enum
 import logging
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..exceptions import MessageRejected, NotRegistered, Reject, Retry, TaskRevoked
+from ..exceptions import (
+    BackendError,
+    DeliveryLimitExceeded,
+    MessageRejected,
+    NotRegistered,
+    Reject,
+    Retry,
+    TaskRevoked,
+)
 from ..protocol import CODECS, Message, ResultRecord, decode_message
 from ..task import Request, Task, current_request
 from .followups import FollowUps, children_of, has_followups
@@ -91,6 +102,12 @@ class Executor:
         self.processes = ProcessPool(processes)
         self._limiters: dict[str, RateLimiter] = {}
         self.followups = FollowUps(app)
+        # built once: the success line's value, bounded (None: values are not logged at all)
+        self.value_repr = (
+            ValueRepr(self.settings.worker_log_value_max)
+            if self.settings.worker_log_values
+            else None
+        )
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
@@ -110,6 +127,15 @@ class Executor:
             reason = f"unknown task {message.task!r} (not registered in this worker)"
             log.error("Rejected message %s: %s", message.id, reason)
             data = self._failure(message, NotRegistered(reason))
+            return [Outcome(message.id, data, delivery, Settle.DEAD_LETTER, reason)]
+        limit = task.max_deliveries or self.settings.task_max_deliveries
+        if limit is not None and delivery.delivery_count > limit:
+            reason = (
+                f"delivered {delivery.delivery_count} times without finishing (limit {limit}:"
+                " max_deliveries / task_max_deliveries); it may kill its worker"
+            )
+            log.error("Rejected message %s (%s): %s", message.id, message.task, reason)
+            data = self._failure(message, DeliveryLimitExceeded(reason))
             return [Outcome(message.id, data, delivery, Settle.DEAD_LETTER, reason)]
         if message.reply_to is not None:  # rpc://: results go back to the caller's queue
             expect_reply = getattr(self.app.backend, "expect_reply", None)
@@ -157,12 +183,16 @@ class Executor:
                     again = Retry(exc, task.retry_delay_s(message.retries))
                     return [*early, await self._retry(task, message, again, delivery, settle)]
             elapsed = time.perf_counter() - began
-            log.error("Task %s raised unexpected: %s: %s (after %.3fs)",
-                      label, _type_name(exc), exc, elapsed)  # fmt: skip
+            log.error("Task %s raised unexpected: %s: %s (after %.3fs)%s",
+                      label, _type_name(exc), exc, elapsed, _child_stack(exc),
+                      exc_info=None if isinstance(exc, RemoteError) else exc)  # fmt: skip
             record = self._failure_record(message, exc)
             return [*early, self._failed(message, record, delivery, settle)]
         elapsed = time.perf_counter() - began
-        log.info("Task %s succeeded in %.6fs: %r", label, elapsed, value)
+        if self.value_repr is None:
+            log.info("Task %s succeeded in %.6fs", label, elapsed)
+        else:
+            log.info("Task %s succeeded in %.6fs: %s", label, elapsed, self.value_repr.repr(value))
         return [*early, self._succeeded(task, message, value, delivery, settle)]
 
     def _policy(self, task: Task[Any, Any]) -> AckPolicy:
@@ -300,6 +330,16 @@ class Executor:
                 )
                 log.error("Task %s[%s] failed: %s", message.task, message.id, error)
                 return self._failed(message, self._failure_record(message, error), delivery, settle)
+            limit = self.settings.result_max_bytes
+            if len(data) > limit:  # past a backend's limit a store never passes: say so now
+                too_big = BackendError(
+                    f"the result of {message.task} is {len(data):,} bytes encoded, more than"
+                    f" result_max_bytes ({limit:,}); store it elsewhere and return a reference"
+                )
+                log.error("Task %s[%s] failed: %s", message.task, message.id, too_big)
+                return self._failed(
+                    message, self._failure_record(message, too_big), delivery, settle
+                )
         after = None
         if has_followups(message):
             after = partial(self.followups.after_success, message, value)
@@ -360,3 +400,49 @@ def _type_name(exc: BaseException | None) -> str:
     if isinstance(exc, RemoteError):
         return str(exc.info["type"])
     return type(exc).__name__
+
+
+def _child_stack(exc: BaseException) -> str:
+    """A child process's traceback, as text after the failure line: its frames are not here."""
+    if not isinstance(exc, RemoteError) or not exc.info.get("traceback"):
+        return ""
+    return "\n" + str(exc.info["traceback"]).rstrip()
+
+
+class ValueRepr(reprlib.Repr):
+    """A result as a log shows it: at most `limit` characters, and never repr'd whole (a
+    100,000-character result or a million-item list costs what the limit shows)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        # leaves a little over the limit, so any cut shows as the tail "..." below
+        self.maxstring = self.maxlong = self.maxother = limit + 3
+        # work is bounded by items ** levels: 10 ** 4 leaves at most
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 10
+        self.maxdeque = self.maxarray = self.maxdict = 10
+
+    def repr(self, x: Any) -> str:
+        try:
+            text = super().repr(x)
+        except Exception:  # a log line never fails the task (an int of 5,000 digits raises)
+            text = f"<{type(x).__name__} that cannot be shown>"
+        return text if len(text) <= self.limit else text[: max(self.limit - 3, 0)] + "..."
+
+    def repr_bytes(self, x: bytes, level: int) -> str:  # reprlib would repr all of it
+        return builtins.repr(x[: self.maxstring])
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        """In the dict's own order (reprlib sorts it: all of it, and not as a user wrote it)."""
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(key, level - 1)}: {self.repr1(value, level - 1)}"
+            for key, value in islice(x.items(), self.maxdict)
+        ]
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"

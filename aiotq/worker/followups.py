@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..canvas import Signature, group_meta_key, result_ids
+from ..exceptions import Transient
 from ..protocol import CODECS, ChordRef, Message, ResultRecord, decode_record
 
 if TYPE_CHECKING:
@@ -110,5 +111,7 @@ class FollowUps:
     ) -> None:
         try:
             await signature.aapply_async(args, **options)
+        except Transient:
+            raise  # the publisher runs the follow-ups again; the message stays unacknowledged
         except Exception as exc:
             log.error("could not send %s (%r): %s", what, signature, exc)

@@ -2,25 +2,35 @@
 
 Runners hand outcomes over through a bounded queue (backpressure, not unbounded memory).
 Everything that finished together is written in one backend round trip, and a message is
-acknowledged only after its result is stored.
+acknowledged only after its result is stored:
+
+- an error that may pass (`Transient`: unreachable, out of memory, locked, read-only) is
+  retried with backoff while the batch's messages stay unacknowledged; meanwhile the queue
+  fills, runners wait to hand over, and the consumer stops taking new work;
+- an error that is final for a result (too large for the backend, refused) stores a FAILURE
+  record in its place saying why, so a waiter learns it, and then the message is acked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
+from .._backoff import Backoff
 from ..backends.base import Backend
 from ..brokers.base import Broker
-from ..exceptions import BackendConnectionError, BrokerConnectionError
+from ..exceptions import Transient
+from ..protocol import CODECS, ResultRecord, decode_record
 from .execute import Outcome, Settle
 
 log = logging.getLogger("aiotq.worker")
 
 _STOP = object()
 MAX_BATCH = 512
+Record = tuple[str, bytes]
 
 
 class ResultPublisher:
@@ -29,9 +39,16 @@ class ResultPublisher:
         self._broker = broker
         self._ttl_s = ttl_s
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue(capacity)
+        self._idle = asyncio.Event()  # nothing queued and no batch in hand
+        self._idle.set()
 
     async def submit(self, outcome: Outcome) -> None:
+        self._idle.clear()
         await self._queue.put(outcome)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is stored and settled."""
+        await self._idle.wait()
 
     async def close(self) -> None:
         """Finish what was submitted, then stop `run()`."""
@@ -52,48 +69,100 @@ class ResultPublisher:
                     batch.append(item)  # type: ignore[arg-type]
             if batch:
                 await self._publish(batch)
+            if self._queue.empty():
+                self._idle.set()
             if stop:
                 return
 
     async def _publish(self, batch: list[Outcome]) -> None:
-        records: list[tuple[str, bytes]] = []
-        for outcome in batch:
-            if outcome.data is not None and outcome.task_id:
-                records.append((outcome.task_id, outcome.data))
+        records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
         if records:
-            await _retrying(lambda: self._backend.store(records, self._ttl_s), "store results")
+            await self._store(records)
         followups = [outcome.after for outcome in batch if outcome.after is not None]
         if followups:  # after the store (a chord counts stored results), before the ack
-            await asyncio.gather(*(_logged(after) for after in followups))
+            await asyncio.gather(*(_followed_up(after) for after in followups))
         acks = [o.delivery for o in batch if o.settle is Settle.ACK and o.delivery is not None]
         if acks:
-            await _retrying(partial(self._broker.ack_many, acks), "acknowledge")
+            await _settling(partial(self._broker.ack_many, acks), "acknowledge")
         for outcome in batch:
             delivery = outcome.delivery
             if delivery is not None and outcome.settle in (Settle.REQUEUE, Settle.DEAD_LETTER):
                 requeue = outcome.settle is Settle.REQUEUE
-                await _retrying(partial(delivery.reject, requeue, outcome.reason), "reject")
+                await _settling(partial(delivery.reject, requeue, outcome.reason), "reject")
+
+    async def _store(self, records: Sequence[Record]) -> None:
+        """Store the batch, retrying what may pass; a final refusal is narrowed down to the
+        records it concerns, and each of those is replaced by a FAILURE record."""
+        try:
+            await _retrying(partial(self._backend.store, records, self._ttl_s), "store results")
+            return
+        except Exception as exc:  # final for (one of) these records
+            if len(records) > 1:  # which one? store them one by one
+                for record in records:
+                    await self._store([record])
+                return
+            refusal = exc
+        task_id, data = records[0]
+        failure = _unstorable(task_id, data, refusal)
+        log.error("result of task %s cannot be stored (%s); storing a FAILURE instead",
+                  task_id, refusal)  # fmt: skip
+        try:
+            await _retrying(partial(self._backend.store, [failure], self._ttl_s), "store results")
+        except Exception as exc:
+            log.error("not even a FAILURE record of task %s can be stored: %r", task_id, exc)
 
 
-async def _logged(followup: Callable[[], Awaitable[None]]) -> None:
+def _unstorable(task_id: str, data: bytes, refusal: BaseException) -> Record:
+    """A FAILURE record, small and plain, saying why the real result could not be stored."""
     try:
-        await followup()
+        original = decode_record(data)
+        task, retries, parent = original.task, original.retries, original.parent_id
+        codec = CODECS["json" if data[:1] == b"{" else "msgpack"]
+    except Exception:
+        task, retries, parent, codec = None, 0, None, CODECS["json"]
+    message = f"the result of task {task or task_id} could not be stored: {refusal}"
+    record = ResultRecord(
+        task_id=task_id, state="FAILURE", exc_type="BackendError",
+        exc_module="aiotq.exceptions", exc_message=message, result=[message],
+        date_done_s=time.time(), retries=retries, task=task, parent_id=parent,
+    )  # fmt: skip
+    return task_id, codec.encode(record)
+
+
+async def _followed_up(followup: Callable[[], Awaitable[None]]) -> None:
+    """A follow-up that meets an error that may pass is run again (at least once: a link may
+    be sent twice, as after a redelivery); one that fails for good is logged."""
+    try:
+        await _retrying(followup, "send the follow-ups of a finished task")
     except Exception as exc:
         log.error("follow-up of a finished task failed: %r", exc)
 
 
+async def _settling(operation: Callable[[], Awaitable[object]], what: str) -> None:
+    """An ack or reject the broker refuses for good is logged: the broker keeps the message
+    and delivers it again (at least once), so nothing is lost by going on."""
+    try:
+        await _retrying(operation, what)
+    except Exception as exc:
+        log.error("could not %s: %r", what, exc)
+
+
 async def _retrying(operation: Callable[[], Awaitable[object]], what: str) -> None:
-    """Connection errors are retried with backoff (the message is not lost meanwhile: it
-    stays unacknowledged); anything else is logged and given up."""
-    delay = 0.05
+    """Errors that may pass are retried with backoff (the message is not lost meanwhile: it
+    stays unacknowledged); any other error is raised to the caller."""
+    backoff = Backoff(initial=0.05, cap=2.0)
+    attempts = 0
     while True:
         try:
             await operation()
+            if attempts:
+                log.warning("could %s again after %d attempt(s)", what, attempts)
             return
-        except (BackendConnectionError, BrokerConnectionError) as exc:
-            log.warning("could not %s (%s); retrying in %.2fs", what, exc, delay)
+        except Transient as exc:
+            attempts += 1
+            delay = backoff.delay()
+            # the first few at WARNING, then one line in ten: an outage must not flood the log
+            if attempts <= 3 or attempts % 10 == 0:
+                log.warning("could not %s (%s); retrying in %.2fs (attempt %d)",
+                            what, exc, delay, attempts)  # fmt: skip
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        except Exception as exc:
-            log.error("could not %s: %r", what, exc)
-            return

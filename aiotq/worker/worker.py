@@ -17,18 +17,20 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..beat import Beat
-from ..exceptions import AiotqError, BrokerConnectionError
+from ..brokers.base import SUSPECT_DELIVERIES
+from ..exceptions import AiotqError, Transient
 from ..urls import mask_password
 from .execute import Executor, Outcome, Settle
 from .publisher import ResultPublisher
 
 if TYPE_CHECKING:
     from ..app import App
-    from ..brokers.base import Delivery
+    from ..backends.base import Backend
+    from ..brokers.base import Broker, Delivery
 
 log = logging.getLogger("aiotq.worker")
 
@@ -99,7 +101,7 @@ class Worker:
         settings = self.app.conf.settings
         broker, backend = self.app.broker, self.app.backend
         await self._connect(broker, settings.broker_connection_retry_on_startup)
-        await backend.connect()
+        await self._connect(backend, settings.broker_connection_retry_on_startup)
         executor = Executor(self.app, self.hostname, self.threads, self.processes)
         publisher = ResultPublisher(
             backend, broker, settings.result_expires_s, capacity=self.prefetch
@@ -128,7 +130,7 @@ class Worker:
                     await consumer
                 await self._finish_inflight()
                 await publisher.close()
-                await publishing
+                await self._finish_publishing(publishing)
                 ticking.cancel()
         finally:
             if self.handle_signals:
@@ -138,14 +140,17 @@ class Worker:
             await self.app.aclose()
             log.info("%s stopped.", self.hostname)
 
-    async def _connect(self, broker: Any, retry: bool) -> None:
+    async def _connect(self, server: Broker | Backend, retry: bool) -> None:
+        """Connect the broker or the backend. Only what may pass (unreachable, loading) is
+        retried; a refusal of our credentials or vhost, or a bad URL, raises at once: the
+        CLI prints its one line and exits instead of retrying what cannot succeed."""
         delay = 0.2
         while True:
             try:
-                await broker.connect()
-                log.info("Connected to %s", mask_password(broker.url))
+                await server.connect()
+                log.info("Connected to %s", mask_password(server.url))
                 return
-            except BrokerConnectionError as exc:
+            except Transient as exc:
                 if not retry or self._stop.is_set():
                     raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
@@ -154,10 +159,25 @@ class Worker:
 
     async def _consume(self, executor: Executor, publisher: ResultPublisher) -> None:
         async for delivery in self.app.broker.consume(self.queues, self.prefetch):
+            suspect = delivery.delivery_count >= SUSPECT_DELIVERIES
+            if suspect:  # it may kill us: run it with nothing else running beside it
+                log.warning(
+                    "message %s was delivered %d times without finishing; running it alone",
+                    delivery.headers.get("id", "?"), delivery.delivery_count,
+                )  # fmt: skip
+                await self._quiesce(publisher)
             await self._slots.acquire()
             runner = asyncio.create_task(self._run_one(executor, publisher, delivery))
             self._inflight.add(runner)
             runner.add_done_callback(self._inflight.discard)
+            if suspect:
+                await self._quiesce(publisher)
+
+    async def _quiesce(self, publisher: ResultPublisher) -> None:
+        """Until every running task has finished and its result is stored and acked."""
+        while self._inflight:
+            await asyncio.wait(list(self._inflight))
+        await publisher.flush()
 
     async def _run_one(
         self, executor: Executor, publisher: ResultPublisher, delivery: Delivery
@@ -200,6 +220,21 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def _finish_publishing(self, publishing: asyncio.Task[None]) -> None:
+        """Let the publisher store and ack what finished; a second signal stops it instead
+        (a backend that stays down would hold a warm stop forever): the messages whose
+        results were not stored stay unacknowledged and go back to the broker."""
+        cold = asyncio.ensure_future(self._cold.wait())
+        try:
+            await asyncio.wait([publishing, cold], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cold.cancel()
+        if not publishing.done():
+            log.warning("cold shutdown: results not yet stored; their messages go back")
+            publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+
     async def _tick(self) -> None:
         interval = self.app.conf.settings.worker_tick_interval_s
         loop = asyncio.get_running_loop()
@@ -209,6 +244,8 @@ class Worker:
                 await self.app.broker.tick()
             except AiotqError as exc:
                 log.warning("scheduler tick failed: %s", exc)
+            except Exception:  # a bug of ours must not end the worker: the next tick tries again
+                log.exception("scheduler tick failed")
             next_at += interval  # drift-free: the next tick is due on the grid, not after the work
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
