@@ -6,7 +6,7 @@ import asyncio
 import ssl
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -105,7 +105,9 @@ class LoopClients:
         self.url = url
         self._max = max_connections
         self._timeout_s = timeout_s
-        self._socket_timeout_s = socket_timeout_s  # a server that never answers is an error
+        # a server that never answers is an error: every command is bounded by `guarded()`
+        # (asyncio.timeout), not by redis-py's socket_timeout, which costs a Task per send
+        self.socket_timeout_s = socket_timeout_s
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary()
         )
@@ -114,7 +116,7 @@ class LoopClients:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            pool = pool_for(self.url, self._max, self._timeout_s, self._socket_timeout_s)
+            pool = pool_for(self.url, self._max, self._timeout_s)
             client = aioredis.Redis(connection_pool=pool)
             self._clients[loop] = client
         return client
@@ -125,6 +127,10 @@ class LoopClients:
         return aioredis.Redis(
             connection_pool=pool_for(self.url, 2, self._timeout_s, socket_timeout_s)
         )
+
+    def guarded(self, error: type[Exception]) -> AbstractAsyncContextManager[None]:
+        """`translated()` for this URL, bounded by the socket timeout."""
+        return translated(self.url, error, self.socket_timeout_s)
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
@@ -156,12 +162,20 @@ def passes(exc: redis_errors.ResponseError) -> bool:
 
 
 @asynccontextmanager
-async def translated(url: str, error: type[Exception]) -> AsyncIterator[None]:
+async def translated(
+    url: str, error: type[Exception], timeout_s: float | None = None
+) -> AsyncIterator[None]:
     """Turn redis errors into aiotq's own, naming the masked URL: `error` (a connection error
-    class) when unreachable, its family's Unavailable when the reply says "not now", its
-    family's final error for any other refusal."""
+    class) when unreachable or silent past `timeout_s`, its family's Unavailable when the
+    reply says "not now", its family's final error for any other refusal."""
     try:
-        yield
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:  # a paused or wedged server: the connection is dropped
+        raise error(
+            f"cannot reach Redis at {mask_password(url)}: no answer within {timeout_s:g}s"
+            " (broker_socket_timeout_s)"
+        ) from exc
     except ACCESS_ERRORS as exc:
         raise AccessRefused(f"Redis at {mask_password(url)} refused access: {exc}") from exc
     except redis_errors.InvalidResponse as exc:  # retrying cannot make it speak Redis

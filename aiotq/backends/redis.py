@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .._redis import CONNECTION_ERRORS, LoopClients, translated
+from .._redis import CONNECTION_ERRORS, LoopClients
 from ..exceptions import BackendConnectionError
 from ..urls import mask_password
 
@@ -172,7 +172,7 @@ class RedisBackend:
         return f"RedisBackend({mask_password(self.url)!r})"
 
     async def connect(self) -> None:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().ping()
 
     async def aclose(self) -> None:
@@ -183,7 +183,7 @@ class RedisBackend:
 
     async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         ttl_ms = max(1, int(ttl_s * 1000))
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             pipe = self._clients.get().pipeline(transaction=False)
             for task_id, data in items:
                 key = result_key(task_id)
@@ -192,7 +192,7 @@ class RedisBackend:
             await pipe.execute()
 
     async def get(self, task_id: str) -> bytes | None:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             value: Any = await self._clients.get().get(result_key(task_id))
         return value
 
@@ -207,7 +207,7 @@ class RedisBackend:
         channel = result_key(task_id)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         try:
-            async with translated(self.url, BackendConnectionError):
+            async with self._clients.guarded(BackendConnectionError):
                 await listener.subscribe(channel, inbox)
             current = await self._get_retrying(task_id)  # after the confirmation: see above
             if current is not None:
@@ -229,11 +229,11 @@ class RedisBackend:
                 delay = min(delay * 2, 1.0)
 
     async def forget(self, task_id: str) -> None:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().delete(result_key(task_id))
 
     async def incr(self, key: str, ttl_s: float) -> int:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             pipe = self._clients.get().pipeline(transaction=True)
             pipe.incr(f"aiotq:counter:{key}")
             pipe.expire(f"aiotq:counter:{key}", max(1, int(ttl_s)))
@@ -241,12 +241,12 @@ class RedisBackend:
         return int(value)
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             taken = await self._clients.get().eval(
                 LEASE, 1, f"aiotq:lease:{name}", holder, max(1, int(ttl_s * 1000))
             )
         return bool(taken)
 
     async def release(self, name: str, holder: str) -> None:
-        async with translated(self.url, BackendConnectionError):
+        async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().eval(RELEASE, 1, f"aiotq:lease:{name}", holder)

@@ -214,7 +214,7 @@ class RedisBroker:
         return f"RedisBroker({mask_password(self.url)!r})"
 
     async def connect(self) -> None:
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             await self._clients.get().ping()
 
     async def aclose(self) -> None:
@@ -229,7 +229,7 @@ class RedisBroker:
         new = [queue for queue in queues if queue not in self._declared]
         if not new:
             return
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             pipe = client.pipeline(transaction=False)
             for queue in new:
                 for stream in keys(queue).streams:
@@ -252,13 +252,15 @@ class RedisBroker:
         level = level_of(priority)
         queue_keys = keys(queue)
         deadline = time.monotonic() + self.publish_retry_s
-        backoff = Backoff(initial=0.05, cap=1.0)
+        backoff: Backoff | None = None  # made on the first failure: not on the hot path
         while True:
             # Each attempt gets what is left of the deadline (MIN_ATTEMPT_S at least): a
             # server that accepts and never answers must not hold a send past the bound.
             bound = max(deadline - time.monotonic(), MIN_ATTEMPT_S)
+            if self._clients.socket_timeout_s is not None:
+                bound = min(bound, self._clients.socket_timeout_s)
             try:
-                async with translated(self.url, BrokerConnectionError), asyncio.timeout(bound):
+                async with translated(self.url, BrokerConnectionError, bound):
                     client = self._clients.get()
                     if delay_s > 0:
                         due_ms = int((time.time() + delay_s) * 1000)
@@ -274,6 +276,7 @@ class RedisBroker:
                         await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
                     return
             except Transient as exc:  # unreachable, or up but refusing for now: retried
+                backoff = backoff or Backoff(initial=0.05, cap=1.0)
                 delay = backoff.delay()
                 if time.monotonic() + delay > deadline or not retry_may_help(exc):
                     waited = time.monotonic() - deadline + self.publish_retry_s
@@ -438,7 +441,7 @@ class RedisBroker:
         by_stream: dict[str, list[bytes]] = {}
         for delivery in pending:
             by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             pipe = self._clients.get().pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xack(stream, GROUP, *ids)
@@ -451,7 +454,7 @@ class RedisBroker:
         stream, dead = delivery.stream, keys(delivery.queue).dead
         returned = ["r", str(delivery.delivery_count)]  # times delivered, for the next count
         target, extra = (stream, returned) if requeue else (dead, ["reason", reason])
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             await self._clients.get().eval(
                 SETTLE,
                 2,
@@ -474,7 +477,7 @@ class RedisBroker:
 
     async def tick(self) -> None:
         client = self._clients.get()
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             for queue in self._declared:
                 queue_keys = keys(queue)
                 await client.eval(
@@ -504,7 +507,7 @@ class RedisBroker:
     async def purge(self, queue: str) -> int:
         queue_keys = keys(queue)
         client = self._clients.get()
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             waiting = await client.eval(PURGE, len(queue_keys.streams), *queue_keys.streams, GROUP)
             pipe = client.pipeline(transaction=True)
             pipe.zcard(queue_keys.delayed)
@@ -514,7 +517,7 @@ class RedisBroker:
 
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         queue_keys = keys(queue)
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             moved = await self._clients.get().eval(
                 REQUEUE_DEAD, 2, queue_keys.dead, queue_keys.streams[0], limit
             )
@@ -522,7 +525,7 @@ class RedisBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         client = self._clients.get()
-        async with translated(self.url, BrokerConnectionError):
+        async with self._clients.guarded(BrokerConnectionError):
             entries: Any = await client.xrange(keys(queue).dead, count=limit)
         out = []
         for _, fields in entries:

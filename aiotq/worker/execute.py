@@ -191,7 +191,7 @@ class Executor:
         elapsed = time.perf_counter() - began
         if self.value_repr is None:
             log.info("Task %s succeeded in %.6fs", label, elapsed)
-        else:
+        elif log.isEnabledFor(logging.INFO):  # the value's repr only when it is written
             log.info("Task %s succeeded in %.6fs: %s", label, elapsed, self.value_repr.repr(value))
         return [*early, self._succeeded(task, message, value, delivery, settle)]
 
