@@ -247,17 +247,21 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_and_the_others_complete(
     producer.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp", "amqp-quorum"])
+def broker_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     if request.param == "memory":
-        return "memory://"
+        return {"broker": "memory://"}
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return str(request.getfixturevalue(f"{request.param}_url"))
+        return {"broker": f"sqlite:///{tmp_path}/broker.db"}
+    if request.param == "amqp-quorum":  # counted by RabbitMQ itself (x-delivery-count)
+        return {"broker": request.getfixturevalue("amqp_url"), "broker_queue_type": "quorum"}
+    return {"broker": str(request.getfixturevalue(f"{request.param}_url"))}
 
 
-async def test_a_message_given_back_forever_is_dead_lettered_at_the_limit(broker_url: str) -> None:
-    app = App("limit", broker=broker_url, backend="memory://", task_max_deliveries=3)
+async def test_a_message_given_back_forever_is_dead_lettered_at_the_limit(
+    broker_settings: dict[str, str],
+) -> None:
+    app = App("limit", backend="memory://", task_max_deliveries=3, **broker_settings)
 
     @app.task(name="limit.again")
     async def again() -> None:
