@@ -4,6 +4,7 @@ or restarted Redis, a task that kills its worker) and what a user sees through t
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -78,6 +79,30 @@ def test_a_full_result_redis_acks_nothing_without_its_result(
     assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(120)]
     wait_for(lambda: broker.xlen(STREAM) == 0, timeout=10)
     assert worker.proc.poll() is None
+    producer.close()
+    broker.close()
+
+
+def test_a_second_signal_ends_a_worker_waiting_on_a_silent_backend_and_loses_nothing(
+    redis_url: str, own_redis: Callable[..., RedisServer], workers: list[WorkerProcess]
+) -> None:
+    results_server = own_redis()
+    env = {"AIOTQ_RESULT_BACKEND": results_server.url()}
+    worker = WorkerProcess(redis_url, "-c", "5", env=env).ready()
+    workers.append(worker)
+    producer = build(redis_url, results_server.url())
+    results_server.pause()  # accepts nothing, answers nothing: every store waits it out
+    results = [producer.send_task("e2e.add", (i, 3)) for i in range(10)]
+    worker.wait_for_log(r"e2e\.add\[.*\] succeeded", times=1)
+    worker.signal(signal.SIGTERM)  # warm: waits for the publisher...
+    worker.wait_for_log("warm shutdown")
+    worker.signal(signal.SIGTERM)  # ...until the second signal
+    assert worker.wait(timeout=15) == 0
+    broker = redis.Redis.from_url(redis_url)
+    assert broker.xlen(STREAM) == 10  # none acknowledged: they are all still there
+    results_server.resume()
+    workers.append(WorkerProcess(redis_url, env=env).ready())  # takes them over once idle
+    assert [r.get(timeout=90) for r in results] == [i + 3 for i in range(10)]
     producer.close()
     broker.close()
 

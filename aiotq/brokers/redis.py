@@ -218,9 +218,11 @@ class RedisBroker:
             await self._clients.get().ping()
 
     async def aclose(self) -> None:
-        """Return what this process still holds on the current loop, then disconnect."""
+        """Return what this process still holds (a cold stop's cancelled tasks, results that
+        could not be stored) at once, not after the visibility timeout, then disconnect."""
         for consumer in list(self._consumers):
             await self._return(consumer.held.values())
+        self._consumers.clear()
         self._held.pop(asyncio.get_running_loop(), None)  # closed with the pool just below
         await self._clients.aclose()
 
@@ -321,9 +323,9 @@ class RedisBroker:
                     continue
                 yield fetched.popleft()
         finally:
-            # Handed-out deliveries stay valid (a warm shutdown lets them finish); what was
-            # read but never handed out goes back now rather than after the visibility timeout.
-            self._consumers.discard(consumer)
+            # Handed-out deliveries stay valid (a warm shutdown lets them finish; the tick keeps
+            # their leases and aclose() returns what is left); what was read but never handed
+            # out goes back now rather than after the visibility timeout.
             await self._return(fetched)
             await reader.aclose()
             await reader.connection_pool.disconnect()

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from .._backoff import Backoff
 from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES
 from ..exceptions import AiotqError, Transient
@@ -129,8 +130,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
                 await self._finish_inflight()
-                await publisher.close()
-                await self._finish_publishing(publishing)
+                await self._finish_publishing(publisher, publishing)
                 ticking.cancel()
         finally:
             if self.handle_signals:
@@ -144,7 +144,7 @@ class Worker:
         """Connect the broker or the backend. Only what may pass (unreachable, loading) is
         retried; a refusal of our credentials or vhost, or a bad URL, raises at once: the
         CLI prints its one line and exits instead of retrying what cannot succeed."""
-        delay = 0.2
+        backoff = Backoff(initial=0.2, cap=10.0)
         while True:
             try:
                 await server.connect()
@@ -153,9 +153,9 @@ class Worker:
             except Transient as exc:
                 if not retry or self._stop.is_set():
                     raise
+                delay = backoff.delay()
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _consume(self, executor: Executor, publisher: ResultPublisher) -> None:
         async for delivery in self.app.broker.consume(self.queues, self.prefetch):
@@ -220,15 +220,19 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _finish_publishing(self, publishing: asyncio.Task[None]) -> None:
+    async def _finish_publishing(
+        self, publisher: ResultPublisher, publishing: asyncio.Task[None]
+    ) -> None:
         """Let the publisher store and ack what finished; a second signal stops it instead
         (a backend that stays down would hold a warm stop forever): the messages whose
         results were not stored stay unacknowledged and go back to the broker."""
+        closing = asyncio.ensure_future(publisher.close())  # waits for room in a full queue
         cold = asyncio.ensure_future(self._cold.wait())
         try:
             await asyncio.wait([publishing, cold], return_when=asyncio.FIRST_COMPLETED)
         finally:
             cold.cancel()
+            closing.cancel()
         if not publishing.done():
             log.warning("cold shutdown: results not yet stored; their messages go back")
             publishing.cancel()
