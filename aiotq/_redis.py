@@ -161,31 +161,43 @@ def passes(exc: redis_errors.ResponseError) -> bool:
     return isinstance(exc, PASSING_REPLIES) or str(exc).startswith(PASSING_PREFIXES)
 
 
+# What a redis call may raise that `translate()` turns into one of aiotq's own.
+REDIS_ERRORS = (redis_errors.RedisError, OSError)  # TimeoutError is an OSError
+
+
+def translate(
+    url: str, error: type[Exception], exc: BaseException, timeout_s: float | None = None
+) -> Exception:
+    """aiotq's error for a redis one, naming the masked URL: `error` (a connection error
+    class) when unreachable or silent past `timeout_s`, AccessRefused for refused
+    credentials, ConfigurationError for another protocol, the family's Unavailable when the
+    reply says "not now" and its final error for any other refusal."""
+    where = mask_password(url)
+    if isinstance(exc, TimeoutError):  # a paused or wedged server: the connection is dropped
+        return error(f"cannot reach Redis at {where}: no answer within {timeout_s:g}s"
+                     " (broker_socket_timeout_s)")  # fmt: skip
+    if isinstance(exc, ACCESS_ERRORS):  # AuthenticationError is a ConnectionError: first
+        return AccessRefused(f"Redis at {where} refused access: {exc}")
+    if isinstance(exc, redis_errors.InvalidResponse):  # retrying cannot make it speak Redis
+        return ConfigurationError(
+            f"{where} answered, but not in the Redis protocol (another service on that"
+            f" port?): {exc}"
+        )
+    if isinstance(exc, CONNECTION_ERRORS):
+        return error(f"cannot reach Redis at {where}: {exc}")
+    unavailable, final = FAMILIES[error]
+    if isinstance(exc, redis_errors.ResponseError) and passes(exc):
+        return unavailable(f"Redis at {where} refused: {exc}")
+    return final(f"Redis at {where} refused: {exc}")
+
+
 @asynccontextmanager
 async def translated(
     url: str, error: type[Exception], timeout_s: float | None = None
 ) -> AsyncIterator[None]:
-    """Turn redis errors into aiotq's own, naming the masked URL: `error` (a connection error
-    class) when unreachable or silent past `timeout_s`, its family's Unavailable when the
-    reply says "not now", its family's final error for any other refusal."""
+    """Run the block bounded by `timeout_s`, its redis errors translated (`translate()`)."""
     try:
         async with asyncio.timeout(timeout_s):
             yield
-    except TimeoutError as exc:  # a paused or wedged server: the connection is dropped
-        raise error(
-            f"cannot reach Redis at {mask_password(url)}: no answer within {timeout_s:g}s"
-            " (broker_socket_timeout_s)"
-        ) from exc
-    except ACCESS_ERRORS as exc:
-        raise AccessRefused(f"Redis at {mask_password(url)} refused access: {exc}") from exc
-    except redis_errors.InvalidResponse as exc:  # retrying cannot make it speak Redis
-        raise ConfigurationError(
-            f"{mask_password(url)} answered, but not in the Redis protocol "
-            f"(another service on that port?): {exc}"
-        ) from exc
-    except CONNECTION_ERRORS as exc:
-        raise error(f"cannot reach Redis at {mask_password(url)}: {exc}") from exc
-    except redis_errors.ResponseError as exc:
-        unavailable, final = FAMILIES[error]
-        kind = unavailable if passes(exc) else final
-        raise kind(f"Redis at {mask_password(url)} refused: {exc}") from exc
+    except REDIS_ERRORS as exc:
+        raise translate(url, error, exc, timeout_s) from exc

@@ -42,7 +42,13 @@ import msgspec
 from redis import exceptions as redis_errors
 
 from .._backoff import Backoff
-from .._redis import CONNECTION_ERRORS, LoopClients, retry_may_help, translated
+from .._redis import (
+    CONNECTION_ERRORS,
+    REDIS_ERRORS,
+    LoopClients,
+    retry_may_help,
+    translate,
+)
 from ..exceptions import BrokerConnectionError, BrokerError, Transient
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
@@ -261,8 +267,8 @@ class RedisBroker:
             bound = max(deadline - time.monotonic(), MIN_ATTEMPT_S)
             if self._clients.socket_timeout_s is not None:
                 bound = min(bound, self._clients.socket_timeout_s)
-            try:
-                async with translated(self.url, BrokerConnectionError, bound):
+            try:  # translate() inline, not translated(): this is the producer's hot path
+                async with asyncio.timeout(bound):
                     client = self._clients.get()
                     if delay_s > 0:
                         due_ms = int((time.time() + delay_s) * 1000)
@@ -277,16 +283,20 @@ class RedisBroker:
                     else:
                         await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
                     return
-            except Transient as exc:  # unreachable, or up but refusing for now: retried
+            except REDIS_ERRORS as raw:
+                exc = translate(self.url, BrokerConnectionError, raw, bound)
+                if not isinstance(exc, Transient):
+                    raise exc from raw
+                # unreachable, or up but refusing for now: retried until the deadline
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
                 delay = backoff.delay()
-                if time.monotonic() + delay > deadline or not retry_may_help(exc):
+                if time.monotonic() + delay > deadline or not retry_may_help(raw):
                     waited = time.monotonic() - deadline + self.publish_retry_s
-                    reason = str(exc.__cause__ or exc) or "no answer"
+                    reason = str(raw) or str(exc)
                     raise type(exc)(
                         f"cannot publish to Redis at {mask_password(self.url)} "
                         f"(gave up after {waited:.1f}s): {reason}"
-                    ) from exc
+                    ) from raw
                 await asyncio.sleep(delay)
 
     async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[RedisDelivery]:
