@@ -1,0 +1,68 @@
+"""One value per event loop, and none inherited across a fork.
+
+The rule, stated once: asyncio clients (redis-py's connections, aio-pika's channels, our
+own listeners) belong to the loop they were made on, and one broker or backend object may
+serve several loops at once (a worker's loop and the sync portal's loop of the same
+process). So every per-loop client or cache lives in a `PerLoop`, keyed by the running loop
+and dropped with it; a process that forks starts with all of them empty, since the
+parent's sockets and threads are not the child's to use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_all: weakref.WeakSet[PerLoop[object]] = weakref.WeakSet()
+
+
+class PerLoop(Generic[T]):
+    """`get()` returns this loop's value, made by `factory()` on first use (synchronously,
+    so concurrent first callers on one loop share it)."""
+
+    __slots__ = ("__weakref__", "_factory", "_values")
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+        _all.add(self)  # type: ignore[arg-type]
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is None:
+            value = self._values[loop] = self._factory()
+        return value
+
+    def peek(self) -> T | None:
+        """This loop's value if it was made, without making it."""
+        return self._values.get(asyncio.get_running_loop())
+
+    def pop(self) -> T | None:
+        """Forget this loop's value and return it (to close it)."""
+        return self._values.pop(asyncio.get_running_loop(), None)
+
+    def set(self, value: T) -> None:
+        self._values[asyncio.get_running_loop()] = value
+
+    def values(self) -> list[T]:
+        return list(self._values.values())
+
+    def _forget_all(self) -> None:
+        self._values = weakref.WeakKeyDictionary()
+
+
+def _after_fork_in_child() -> None:
+    for per_loop in list(_all):
+        per_loop._forget_all()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
