@@ -10,9 +10,8 @@ result = await send_sms.send("+15550100", "hi")    # async code
 send_sms.delay("+15550100", "hi").get(timeout=5)   # sync code
 """
 
-__version__ = "0.1.0"
-
 from . import result as states
+from ._version import __version__
 from .app import App
 from .canvas import Signature, chain, chord, group
 from .exceptions import (

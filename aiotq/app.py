@@ -1,31 +1,28 @@
-"""App: settings, the task registry, and the producer (every send goes through `_send`)."""
+"""App: the composition root. It holds the settings and the task registry, builds the
+broker and the result backend from their URLs when first needed, and the one `Producer`
+every send goes through. The layers below (producer, task, canvas, result) never see it."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import threading
-import time
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-import msgspec
-
 from . import result as _result
-from ._portal import Portal
 from ._sqlite import default_url
 from .backends import make_backend
-from .beat import Entry
 from .brokers import make_broker
-from .canvas import Signature, chord_ref, signature_list
+from .canvas import Signature
 from .exceptions import ConfigurationError
-from .protocol import CODECS, Message
-from .routing import Topology, resolve_route
-from .schedules import crontab, schedule_of
+from .producer import Producer, Wiring
+from .protocol import CODECS
+from .routing import Topology
+from .schedules import Entry, crontab, schedule_of
 from .settings import Config, Settings, settings_from_object
-from .task import Task, current_request
+from .task import Task
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -33,16 +30,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-SEND_OPTIONS = frozenset(
-    {
-        "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority",
-        "task_id", "headers", "ignore_result", "link", "link_error", "time_limit",
-        "soft_time_limit", "serializer", "retries", "parent_id", "root_id", "group_id",
-        "chain", "chord",
-    }
-)  # fmt: skip
-
 
 class _Decorator(Protocol):
     @overload
@@ -56,17 +43,6 @@ class _BoundDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[Any, P], R]) -> Task[P, R]: ...
-
-
-def _epoch(value: datetime | float | None, *, relative: bool) -> float | None:
-    """eta/expires as absolute epoch seconds; numbers (and timedelta) are relative for expires."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, timedelta):
-        return time.time() + value.total_seconds()
-    return time.time() + float(value) if relative else float(value)
 
 
 class App:
@@ -84,7 +60,7 @@ class App:
         self.main = main
         self.conf = Config()
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._periodic: dict[str, Entry] = {}
+        self.periodic_entries: dict[str, Entry] = {}  # @app.periodic (beat_schedule: settings)
         updates = dict(settings)
         for key, value in (
             ("broker_url", broker),
@@ -94,10 +70,11 @@ class App:
             if value is not None:
                 updates[key] = list(value) if key == "include" else value
         self.conf.update(updates)
-        self._portal = Portal(main)
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: Backend | None = None
+        self._wired: Wiring | None = None
+        self.producer = Producer(main, self.conf, self.tasks, self._wiring)
         self._autodiscover: list[tuple[list[str], str]] = []
         self._imported = False
 
@@ -163,8 +140,15 @@ class App:
             broker = make_broker(broker_url, settings)
             self._backend = make_backend(backend_url, settings, broker)
             self._broker = broker
+            self._wired = Wiring(settings, broker, self._backend, self.topology)
         self.import_task_modules()
         return settings
+
+    def _wiring(self) -> Wiring:
+        if self._wired is None:
+            self.finalize()
+        assert self._wired is not None
+        return self._wired
 
     @property
     def broker(self) -> Broker:
@@ -194,7 +178,7 @@ class App:
         """Register a task: `@app.task` or `@app.task(bind=True, max_retries=3, ...)`."""
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, fn, bind=bind, **options)
+            task: Task[Any, Any] = Task(self.producer, fn, bind=bind, **options)
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not fn and existing.__module__ != "__main__":
                 raise ConfigurationError(f"two tasks are named {task.name!r}; pass name= to one")
@@ -204,7 +188,7 @@ class App:
         return register(fn) if fn is not None else register
 
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[Any]:
-        return _result.AsyncResult(task_id, self)
+        return _result.AsyncResult(task_id, self.producer)
 
     def signature(
         self,
@@ -213,7 +197,7 @@ class App:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        return Signature(name, args, kwargs, options=options, app=self)
+        return Signature(name, args, kwargs, options=options, app=self.producer)
 
     def periodic(
         self,
@@ -236,7 +220,7 @@ class App:
             entry = Entry(
                 name or task.name, task.name, when, tuple(args), dict(kwargs or {}), options
             )
-            self._periodic[entry.name] = entry
+            self.periodic_entries[entry.name] = entry
             return task
 
         return register
@@ -250,7 +234,7 @@ class App:
         **options: Any,
     ) -> _result.AsyncResult[Any]:
         """Send by name without importing the function (sync)."""
-        return self._portal.call(self.asend_task(name, args, kwargs, **options))
+        return self.producer.call(self.asend_task(name, args, kwargs, **options))
 
     async def asend_task(
         self,
@@ -259,88 +243,8 @@ class App:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> _result.AsyncResult[Any]:
-        return await self._send(name, tuple(args or ()), dict(kwargs or {}), options)
-
-    async def _send(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        task: Task[Any, Any] | None = None,
-    ) -> _result.AsyncResult[Any]:
-        unknown = set(options) - SEND_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
-        settings = self.finalize()
-        task = task or self.tasks.get(name)
-        if task is not None:
-            task.check_call(args, kwargs)
-        route = resolve_route(settings.task_routes, name, args, kwargs)
-        opt = {**route, **{k: v for k, v in options.items() if v is not None}}
-        parent = current_request.get()
-        parent_id = opt.get("parent_id") or (parent.id if parent else None)
-        root_id = opt.get("root_id") or (parent.root_id or parent.id if parent else None)
-        task_id = opt.get("task_id") or str(uuid.uuid4())
-        countdown = opt.get("countdown")
-        eta_at_s = _epoch(opt.get("eta"), relative=False)
-        if countdown is not None:
-            eta_at_s = time.time() + float(countdown)
-        expires = opt.get("expires", task.expires if task else None)
-        queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
-        targets = self.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
-        reply_to = getattr(self.backend, "reply_to", None)  # rpc://: the caller's own queue
-        message = Message(
-            reply_to=await reply_to() if reply_to is not None else None,
-            id=task_id,
-            task=name,
-            args=list(args),
-            kwargs=dict(kwargs),
-            retries=int(opt.get("retries", 0)),
-            eta_at_s=eta_at_s,
-            expires_at_s=_epoch(expires, relative=True),
-            time_limit_s=opt.get("time_limit"),
-            soft_time_limit_s=opt.get("soft_time_limit"),
-            parent_id=parent_id,
-            root_id=root_id or task_id,
-            group_id=opt.get("group_id"),
-            link=signature_list(opt.get("link")),
-            link_error=signature_list(opt.get("link_error")),
-            chain=signature_list(opt.get("chain")),
-            chord=chord_ref(opt.get("chord")),
-            ignore_result=bool(opt.get("ignore_result", False)),
-            priority=opt.get("priority", task.priority if task else settings.task_default_priority),
-            queue=targets[0],
-            routing_key=opt.get("routing_key"),
-            headers=dict(opt.get("headers") or {}),
-        )
-        if message.priority is not None and not 0 <= message.priority <= 9:
-            raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
-        await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
-        return _result.AsyncResult(task_id, self, task_name=name)
-
-    async def publish_message(
-        self, message: Message, serializer: str | None = None, queues: Sequence[str] = ()
-    ) -> None:
-        """Encode and publish to `queues` (default: the message's own queue; a fanout has
-        several); the one path for first sends and retries."""
-        settings = self.finalize()
-        codec = CODECS.get(serializer or settings.task_serializer)
-        if codec is None:
-            raise ConfigurationError(f"unknown serializer {serializer!r}")
-        try:
-            body = codec.encode(message)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise _encode_error(message, codec.name, exc) from None
-        delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
-        headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
-        if message.priority is not None:
-            headers["priority"] = str(message.priority)
-        assert message.queue is not None
-        for queue in queues or [message.queue]:
-            await self.broker.publish(
-                queue, body, headers, delay_s=delay_s, priority=message.priority
-            )
+        task_id = await self.producer.send(name, tuple(args or ()), dict(kwargs or {}), options)
+        return _result.AsyncResult(task_id, self.producer, task_name=name)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -352,28 +256,7 @@ class App:
 
     def close(self) -> None:
         """Close the sync portal (and its connections)."""
-        self._portal.close(self.aclose() if self._broker is not None else None)
-
-    def worker(self, **options: Any) -> Any:
-        from .worker.worker import Worker
-
-        return Worker(self, **options)
-
-
-def _encode_error(message: Message, serializer: str, exc: Exception) -> TypeError:
-    """Name the argument that cannot be encoded."""
-    encode = CODECS[serializer].encode
-    culprits = [(f"argument {i}", v) for i, v in enumerate(message.args)]
-    culprits += [(f"keyword argument {k!r}", v) for k, v in message.kwargs.items()]
-    for label, value in culprits:
-        try:
-            encode(value)
-        except Exception as inner:
-            return TypeError(
-                f"{label} of {message.task} ({type(value).__name__}) "
-                f"cannot be sent as {serializer}: {inner}"
-            )
-    return TypeError(f"message for {message.task} cannot be encoded as {serializer}: {exc}")
+        self.producer.close(self.aclose() if self._broker is not None else None)
 
 
 def run(coro: Coroutine[Any, Any, R]) -> R:

@@ -19,14 +19,13 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from .exceptions import AiotqError, ConfigurationError
-from .schedules import Schedule, crontab, schedule_of
+from .schedules import Entry, crontab, schedule_of
 
 if TYPE_CHECKING:
     from .app import App
@@ -38,22 +37,12 @@ LAST_RUN_TTL_S = 400 * 86400.0
 ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
 
 
-@dataclass
-class Entry:
-    name: str
-    task: str
-    schedule: Schedule
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
 def entries_of(app: App) -> list[Entry]:
     """`beat_schedule` (Celery's dict form) plus `@app.periodic` tasks, checked now: a bad
     schedule or arguments that cannot fit the task fail at start, naming the entry."""
     settings = app.conf.settings
     tz = ZoneInfo(settings.timezone)
-    entries = list(app._periodic.values())
+    entries = list(app.periodic_entries.values())
     for name, spec in settings.beat_schedule.items():
         if not isinstance(spec, dict) or "task" not in spec or "schedule" not in spec:
             raise ConfigurationError(f"beat_schedule[{name!r}] needs 'task' and 'schedule'")

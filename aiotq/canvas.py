@@ -21,20 +21,15 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from .protocol import ChordRef, SignatureData
+from .producer import HasProducer, Producer, producer_of
+from .protocol import ChordRef, SignatureData, group_meta_key, signature_list
+from .result import AsyncResult, GroupResult
 
-if TYPE_CHECKING:
-    from .app import App
-    from .result import GroupResult
-
-
-def group_meta_key(group_id: str) -> str:
-    """Where the backend keeps a group's member ids (for chords and GroupResult.restore)."""
-    return f"aiotq.group:{group_id}"
+AppLike = Producer | HasProducer
 
 
 class Signature:
@@ -50,14 +45,14 @@ class Signature:
         *,
         options: dict[str, Any] | None = None,
         immutable: bool = False,
-        app: App | None = None,
+        app: AppLike | None = None,
     ) -> None:
         self.task = task
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
         self.options = dict(options or {})
         self.immutable = immutable
-        self.app = app
+        self.producer = producer_of(app)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -71,7 +66,7 @@ class Signature:
     def clone(self) -> Signature:
         return Signature(
             self.task, self.args, self.kwargs, options=dict(self.options),
-            immutable=self.immutable, app=self.app,
+            immutable=self.immutable, app=self.producer,
         )  # fmt: skip
 
     def __or__(self, other: Signature) -> chain:
@@ -79,8 +74,6 @@ class Signature:
 
     def freeze(self) -> Any:
         """Choose the result id now (kept if already chosen) and return its handle."""
-        from .result import AsyncResult
-
         task_id = self.options.setdefault("task_id", str(uuid.uuid4()))
         return AsyncResult(task_id, self._app(), task_name=self.task)
 
@@ -94,7 +87,7 @@ class Signature:
         )
 
     @staticmethod
-    def from_data(data: SignatureData, app: App) -> Signature:
+    def from_data(data: SignatureData, app: AppLike) -> Signature:
         options = dict(data.options)
         if data.kind == "chain":
             steps = [Signature.from_data(step, app) for step in data.tasks]
@@ -110,10 +103,10 @@ class Signature:
             data.task, data.args, data.kwargs, options=options, immutable=data.immutable, app=app
         )
 
-    def _app(self) -> App:
-        if self.app is None:
+    def _app(self) -> Producer:
+        if self.producer is None:
             raise TypeError(f"signature {self!r} is not bound to an app")
-        return self.app
+        return self.producer
 
     def check(self, prepended: int = 0) -> None:
         """Fail now, not in a worker, if the bound arguments cannot fit the function
@@ -130,7 +123,7 @@ class Signature:
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
-        return self._app()._portal.call(self.aapply_async(args, kwargs, **options))
+        return self._app().call(self.aapply_async(args, kwargs, **options))
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -142,7 +135,9 @@ class Signature:
         call_args = self.args if self.immutable else (*args, *self.args)
         call_kwargs = self.kwargs if self.immutable else {**self.kwargs, **(kwargs or {})}
         options = {**self.options, **options}
-        return await self._app()._send(self.task, call_args, call_kwargs, options)
+        producer = self._app()
+        task_id = await producer.send(self.task, call_args, call_kwargs, options)
+        return AsyncResult(task_id, producer, task_name=self.task)
 
 
 def _flatten(items: Iterable[Any]) -> list[Signature]:
@@ -155,8 +150,9 @@ def _flatten(items: Iterable[Any]) -> list[Signature]:
     return items
 
 
-def _app_of(items: Sequence[Signature], app: App | None) -> App | None:
-    return app or next((item.app for item in items if item.app is not None), None)
+def _app_of(items: Sequence[Signature], app: AppLike | None) -> Producer | None:
+    producer = producer_of(app)
+    return producer or next((i.producer for i in items if i.producer is not None), None)
 
 
 class _Canvas(Signature):
@@ -168,7 +164,8 @@ class _Canvas(Signature):
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
-        if not isinstance(self, group) and not getattr(self._app().backend, "keeps_results", True):
+        keeps = getattr(self._app().wiring.backend, "keeps_results", True)
+        if not isinstance(self, group) and not keeps:
             raise TypeError(
                 f"a {self.kind} needs a result backend that keeps results (redis://, sqlite://),"
                 " not rpc://: its later steps run in workers, whose results rpc:// cannot return"
@@ -189,7 +186,7 @@ class chain(_Canvas):
     kind = "chain"
 
     def __init__(
-        self, *tasks: Any, app: App | None = None, options: dict[str, Any] | None = None
+        self, *tasks: Any, app: AppLike | None = None, options: dict[str, Any] | None = None
     ) -> None:
         steps: list[Signature] = []
         for task in _flatten(tasks):
@@ -201,18 +198,20 @@ class chain(_Canvas):
         return " | ".join(repr(step) for step in self.tasks)
 
     def __or__(self, other: Signature) -> chain:
-        return chain(*self.tasks, other, app=self.app, options=dict(self.options))
+        return chain(*self.tasks, other, app=self.producer, options=dict(self.options))
 
     def clone(self) -> chain:
-        return chain(*(t.clone() for t in self.tasks), app=self.app, options=dict(self.options))
+        return chain(
+            *(t.clone() for t in self.tasks), app=self.producer, options=dict(self.options)
+        )
 
     def _normalise(self) -> None:
         """A group followed by more steps is a chord whose body is the rest (Celery's rule)."""
         for index, step in enumerate(self.tasks[:-1]):
             if isinstance(step, group):
                 rest = self.tasks[index + 1 :]
-                body = rest[0] if len(rest) == 1 else chain(*rest, app=self.app)
-                self.tasks[index:] = [chord(step, body, app=self.app)]
+                body = rest[0] if len(rest) == 1 else chain(*rest, app=self.producer)
+                self.tasks[index:] = [chord(step, body, app=self.producer)]
                 return
 
     def freeze(self) -> Any:
@@ -253,7 +252,7 @@ class group(_Canvas):
     kind = "group"
 
     def __init__(
-        self, *tasks: Any, app: App | None = None, options: dict[str, Any] | None = None
+        self, *tasks: Any, app: AppLike | None = None, options: dict[str, Any] | None = None
     ) -> None:
         self.tasks = _flatten(tasks)
         super().__init__("group", options=options, app=_app_of(self.tasks, app))
@@ -262,11 +261,11 @@ class group(_Canvas):
         return f"group({', '.join(repr(t) for t in self.tasks)})"
 
     def clone(self) -> group:
-        return group(*(t.clone() for t in self.tasks), app=self.app, options=dict(self.options))
+        return group(
+            *(t.clone() for t in self.tasks), app=self.producer, options=dict(self.options)
+        )
 
     def freeze(self) -> GroupResult:
-        from .result import GroupResult
-
         group_id = self.options.setdefault("group_id", str(uuid.uuid4()))
         return GroupResult(group_id, [t.freeze() for t in self.tasks], self._app())
 
@@ -282,7 +281,7 @@ class group(_Canvas):
         if later:  # something runs after the whole group: that is a chord
             body = Signature.from_data(later[0], self._app()) if len(later) == 1 else None
             body = body or chain(*(Signature.from_data(d, self._app()) for d in later))
-            return await chord(self, body, app=self.app).aapply_async(args, kwargs, **merged)
+            return await chord(self, body, app=self.producer).aapply_async(args, kwargs, **merged)
         result = self.freeze()
         merged["group_id"] = result.id
         for member in self.tasks:
@@ -303,7 +302,7 @@ class chord(_Canvas):
         header: Any,
         body: Signature | None = None,
         *,
-        app: App | None = None,
+        app: AppLike | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         self.header = header if isinstance(header, group) else group(*_flatten([header]))
@@ -313,18 +312,18 @@ class chord(_Canvas):
             options=options,
             app=_app_of([*self.header.tasks, *([body] if body else [])], app),
         )
-        self.header.app = self.header.app or self.app  # an empty header has none of its own
+        self.header.producer = self.header.producer or self.producer  # an empty header: none
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
     def __call__(self, body: Signature) -> Any:
         """Celery's `chord(header)(body)`: send now (sync code)."""
-        return chord(self.header, body, app=self.app, options=dict(self.options)).apply_async()
+        return chord(self.header, body, app=self.producer, options=dict(self.options)).apply_async()
 
     def clone(self) -> chord:
         body = self.body.clone() if self.body else None
-        return chord(self.header.clone(), body, app=self.app, options=dict(self.options))
+        return chord(self.header.clone(), body, app=self.producer, options=dict(self.options))
 
     def _body(self) -> Signature:
         if self.body is None:
@@ -346,7 +345,7 @@ class chord(_Canvas):
     async def _apply(
         self, args: Sequence[Any], kwargs: dict[str, Any] | None, **options: Any
     ) -> Any:
-        app = self._app()
+        producer = self._app()
         body = self._body()
         result = self.freeze()
         body.check(prepended=1)
@@ -360,8 +359,9 @@ class chord(_Canvas):
             return result
         ids = [member.id for member in header.results]
         meta = msgspec.json.encode(ids)
-        await app.backend.store(
-            [(group_meta_key(header.id), meta)], app.conf.settings.result_expires_s
+        wiring = producer.wiring
+        await wiring.backend.store(
+            [(group_meta_key(header.id), meta)], wiring.settings.result_expires_s
         )
         ref = ChordRef(group_id=header.id, size=len(ids), body=body.data())
         await self.header.aapply_async(args, kwargs, chord=ref, **_without_id(merged))
@@ -371,36 +371,3 @@ class chord(_Canvas):
 def _without_id(options: dict[str, Any]) -> dict[str, Any]:
     """A composite's options pass to its parts, except an id chosen for the whole."""
     return {k: v for k, v in options.items() if k != "task_id"}
-
-
-def signature_list(value: Any) -> list[SignatureData]:
-    """Signatures, their data, or that data decoded to plain dicts (from inside a message)."""
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out: list[SignatureData] = []
-    for item in items:
-        if isinstance(item, Signature):
-            out.append(item.data())
-        elif isinstance(item, SignatureData):
-            out.append(item)
-        elif isinstance(item, dict):
-            out.append(msgspec.convert(item, SignatureData))
-        else:
-            raise TypeError(f"expected signatures (task.s(...)), got {item!r}")
-    return out
-
-
-def chord_ref(value: Any) -> ChordRef | None:
-    if value is None or isinstance(value, ChordRef):
-        return value
-    return msgspec.convert(value, ChordRef)
-
-
-def result_ids(data: SignatureData) -> list[str]:
-    """Every result id a signature's data will fill (frozen ids), for failing them at once."""
-    if data.kind == "task":
-        task_id = data.options.get("task_id")
-        return [task_id] if task_id else []
-    ids = [i for member in data.tasks for i in result_ids(member)]
-    return ids + (result_ids(data.body) if data.body is not None else [])

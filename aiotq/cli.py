@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .app import App, run
 from .exceptions import AiotqError
 
@@ -150,8 +150,11 @@ def worker(
     """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
     setup_logging(loglevel)
     app = load_app(app_option or app_path)
+    from .worker.worker import Worker  # here: `aiotq send` need not import the worker
+
     try:
-        w = app.worker(
+        w = Worker(
+            app,
             queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
             concurrency=concurrency,
             prefetch_multiplier=prefetch_multiplier,

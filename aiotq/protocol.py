@@ -7,11 +7,12 @@ A broker carries an opaque body plus a small string header map; the header
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import importlib
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from .exceptions import MessageRejected
+from .exceptions import MessageRejected, TaskError
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPES: dict[str, str] = {
@@ -146,3 +147,69 @@ def decode_record(data: bytes) -> ResultRecord:
     """Results are stored with their codec's first byte telling which: JSON starts with `{`."""
     codec = CODECS["json"] if data[:1] == b"{" else CODECS["msgpack"]
     return codec.decode_record(data)
+
+
+# -- what the layers above read of a record or a signature ---------------------------------
+
+
+@runtime_checkable
+class AsData(Protocol):
+    """A signature (canvas.py) as this module sees it: something that turns into data."""
+
+    def data(self) -> SignatureData: ...
+
+
+def group_meta_key(group_id: str) -> str:
+    """Where the backend keeps a group's member ids (for chords and GroupResult.restore)."""
+    return f"aiotq.group:{group_id}"
+
+
+def signature_list(value: Any) -> list[SignatureData]:
+    """Signatures, their data, or that data decoded to plain dicts (from inside a message)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: list[SignatureData] = []
+    for item in items:
+        if isinstance(item, AsData):
+            out.append(item.data())
+        elif isinstance(item, SignatureData):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append(msgspec.convert(item, SignatureData))
+        else:
+            raise TypeError(f"expected signatures (task.s(...)), got {item!r}")
+    return out
+
+
+def chord_ref(value: Any) -> ChordRef | None:
+    if value is None or isinstance(value, ChordRef):
+        return value
+    return msgspec.convert(value, ChordRef)
+
+
+def result_ids(data: SignatureData) -> list[str]:
+    """Every result id a signature's data will fill (frozen ids), for failing them at once."""
+    if data.kind == "task":
+        task_id = data.options.get("task_id")
+        return [task_id] if task_id else []
+    ids = [i for member in data.tasks for i in result_ids(member)]
+    return ids + (result_ids(data.body) if data.body is not None else [])
+
+
+def rebuild_exception(record: ResultRecord) -> BaseException:
+    """The task's own exception type where importable here, else a TaskError."""
+    name = record.exc_type or "Exception"
+    message = record.exc_message or ""
+    try:
+        cls = getattr(importlib.import_module(record.exc_module or "builtins"), name)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            args = record.result if isinstance(record.result, list) else [message]
+            exc = cls(*args)
+            exc.__notes__ = [f"remote traceback:\n{record.traceback}"] if record.traceback else []
+            return exc
+    except Exception:
+        pass
+    return TaskError(
+        f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback
+    )

@@ -9,7 +9,6 @@ last awaited call fetched, so call `await r.refresh()` first.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -17,11 +16,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from ._portal import in_running_loop
-from .exceptions import TaskError
-from .protocol import READY_STATES, ResultRecord, decode_record
-
-if TYPE_CHECKING:
-    from .app import App
+from .producer import HasProducer, Producer, producer_of
+from .protocol import (
+    READY_STATES,
+    ResultRecord,
+    decode_record,
+    group_meta_key,
+    rebuild_exception,
+)
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -32,38 +34,21 @@ SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
 ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED})
 
 
-def rebuild_exception(record: ResultRecord) -> BaseException:
-    """The task's own exception type where importable here, else a TaskError."""
-    name = record.exc_type or "Exception"
-    message = record.exc_message or ""
-    try:
-        cls = getattr(importlib.import_module(record.exc_module or "builtins"), name)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            args = record.result if isinstance(record.result, list) else [message]
-            exc = cls(*args)
-            exc.__notes__ = [f"remote traceback:\n{record.traceback}"] if record.traceback else []
-            return exc
-    except Exception:
-        pass
-    return TaskError(
-        f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback
-    )
-
-
 class AsyncResult(Generic[R]):
     def __init__(
         self,
         id: str,
-        app: App | None = None,
+        app: Producer | HasProducer | None = None,
         *,
         task_name: str | None = None,
         parent: AsyncResult[Any] | None = None,
     ) -> None:
-        if app is None:
+        producer = producer_of(app)
+        if producer is None:
             raise TypeError("AsyncResult needs app=: aiotq keeps no global current app")
         self.id = id
         self.task_id = id
-        self.app = app
+        self.producer = producer
         self.task_name = task_name
         self.parent = parent
         self._record: ResultRecord | None = None
@@ -81,7 +66,7 @@ class AsyncResult(Generic[R]):
         """Awaitable in a running loop; otherwise run on the app's portal and return the value."""
         if in_running_loop():
             return coro
-        return self.app._portal.call(coro)
+        return self.producer.call(coro)
 
     # -- waiting -------------------------------------------------------------------------
     if TYPE_CHECKING:
@@ -97,7 +82,7 @@ class AsyncResult(Generic[R]):
         """Blocking get, typed for sync code. Not for use inside a running loop."""
         if in_running_loop():
             raise RuntimeError("AsyncResult.wait() blocks; in async code use `await r.get()`")
-        result: R = self.app._portal.call(self._get(timeout, propagate))
+        result: R = self.producer.call(self._get(timeout, propagate))
         return result
 
     async def _get(self, limit_s: float | None, propagate: bool) -> R:
@@ -111,7 +96,7 @@ class AsyncResult(Generic[R]):
         return exc  # type: ignore[return-value]
 
     async def _wait_ready(self, limit_s: float | None) -> ResultRecord:
-        backend = self.app.backend
+        backend = self.producer.wiring.backend
         try:
             async with asyncio.timeout(limit_s):
                 async for data in backend.watch(self.id):
@@ -128,7 +113,7 @@ class AsyncResult(Generic[R]):
 
     # -- state ---------------------------------------------------------------------------
     async def _refresh(self) -> ResultRecord | None:
-        backend = self.app.backend
+        backend = self.producer.wiring.backend
         data = await backend.get(self.id)
         self._record = decode_record(data) if data is not None else None
         return self._record
@@ -154,7 +139,7 @@ class AsyncResult(Generic[R]):
 
     def forget(self) -> Any:
         async def forget() -> None:
-            backend = self.app.backend
+            backend = self.producer.wiring.backend
             await backend.forget(self.id)
             self._record = None
 
@@ -162,7 +147,7 @@ class AsyncResult(Generic[R]):
 
     def _current(self) -> ResultRecord | None:
         if not in_running_loop():
-            return self.app._portal.call(self._refresh())
+            return self.producer.call(self._refresh())
         return self._record
 
     @property
@@ -198,7 +183,9 @@ class AsyncResult(Generic[R]):
     def children(self) -> list[AsyncResult[Any]]:
         """Results of what this task's success sent: its links, a chain's next step."""
         record = self._current()
-        return [AsyncResult(i, self.app, parent=self) for i in (record.children if record else [])]
+        return [
+            AsyncResult(i, self.producer, parent=self) for i in (record.children if record else [])
+        ]
 
     @property
     def retries(self) -> int:
@@ -211,11 +198,15 @@ class GroupResult:
 
     Like AsyncResult: awaited in async code, blocking in sync code."""
 
-    def __init__(self, id: str, results: list[AsyncResult[Any]], app: App) -> None:
+    def __init__(
+        self, id: str, results: list[AsyncResult[Any]], app: Producer | HasProducer
+    ) -> None:
+        producer = producer_of(app)
+        assert producer is not None
         self.id = id
         self.results = results
         self.children = results
-        self.app = app
+        self.producer = producer
         self.parent: AsyncResult[Any] | GroupResult | None = None
 
     def __repr__(self) -> str:
@@ -233,7 +224,7 @@ class GroupResult:
     def _run(self, coro: Coroutine[Any, Any, T]) -> Any:
         if in_running_loop():
             return coro
-        return self.app._portal.call(coro)
+        return self.producer.call(coro)
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Every member's result, in call order; the first failure raises (propagate)."""
@@ -283,23 +274,23 @@ class GroupResult:
     def forget(self) -> Any:
         async def forget() -> None:
             for result in self.results:
-                await result.app.backend.forget(result.id)
+                await result.producer.wiring.backend.forget(result.id)
 
         return self._run(forget())
 
     @classmethod
-    def restore(cls, group_id: str, app: App) -> Any:
+    def restore(cls, group_id: str, app: Producer | HasProducer) -> Any:
         """The GroupResult of a chord's header by its id (the backend keeps the member ids)."""
+        producer = producer_of(app)
+        assert producer is not None
 
         async def restore() -> GroupResult | None:
-            from .canvas import group_meta_key
-
-            data = await app.backend.get(group_meta_key(group_id))
+            data = await producer.wiring.backend.get(group_meta_key(group_id))
             if data is None:
                 return None
             ids = msgspec.json.decode(data, type=list[str])
-            return cls(group_id, [AsyncResult(i, app) for i in ids], app)
+            return cls(group_id, [AsyncResult(i, producer) for i in ids], producer)
 
         if in_running_loop():
             return restore()
-        return app._portal.call(restore())
+        return producer.call(restore())

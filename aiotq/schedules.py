@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from .exceptions import ConfigurationError
@@ -159,3 +160,15 @@ def schedule_of(value: object) -> Schedule:
     if isinstance(value, int | float | dt.timedelta) and not isinstance(value, bool):
         return every(value)
     raise ConfigurationError(f"a schedule is seconds, a timedelta or a crontab(...), got {value!r}")
+
+
+@dataclass
+class Entry:
+    """One periodic task: what to send (task name, arguments, options) and when."""
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)

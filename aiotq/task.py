@@ -1,52 +1,24 @@
-"""The Task object made by `@app.task`, and the Request context of a running task."""
+"""The Task object made by `@app.task`."""
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from .canvas import Signature
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from .request import Request, current_request
+from .result import AsyncResult
 
 if TYPE_CHECKING:
-    from .app import App
-    from .canvas import Signature
-    from .result import AsyncResult
+    from .producer import Producer
 
 P = ParamSpec("P")
 R = TypeVar("R")
 Executor = Literal["inline", "thread", "process"]
-
-
-@dataclass(slots=True)
-class Request:
-    """`self.request` inside a bound task (Celery's names)."""
-
-    id: str | None = None
-    task: str | None = None
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    eta: float | None = None
-    expires: float | None = None
-    parent_id: str | None = None
-    root_id: str | None = None
-    group_id: str | None = None
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    hostname: str | None = None
-    called_directly: bool = True
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-
-
-current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
-    "aiotq_request", default=None
-)
 
 
 def parse_rate(rate: str | None) -> float | None:
@@ -69,7 +41,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
+        producer: Producer,
         fn: Callable[..., Any],
         *,
         name: str | None = None,
@@ -93,7 +65,7 @@ class Task(Generic[P, R]):
         max_deliveries: int | None = None,
         typing: bool = True,
     ) -> None:
-        self.app = app
+        self.producer = producer
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.bind = bind
@@ -164,11 +136,12 @@ class Task(Generic[P, R]):
     # -- sending ---------------------------------------------------------------------------
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Queue the task from async code: `await send_sms.send("+1555", "hi")`."""
-        return await self.app._send(self.name, args, kwargs, {}, task=self)
+        task_id = await self.producer.send(self.name, args, kwargs, {}, task=self)
+        return AsyncResult(task_id, self.producer, task_name=self.name)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Queue the task from sync code (a Django view, a script)."""
-        return self.app._portal.call(self.app._send(self.name, args, kwargs, {}, task=self))
+        return self.producer.call(self.send(*args, **kwargs))
 
     def apply_async(
         self,
@@ -177,7 +150,7 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Celery's apply_async with options (countdown, eta, expires, queue, priority...)."""
-        return self.app._portal.call(self.aapply_async(args, kwargs, **options))
+        return self.producer.call(self.aapply_async(args, kwargs, **options))
 
     async def aapply_async(
         self,
@@ -186,31 +159,26 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """The awaitable apply_async, for async code that needs options."""
-        return await self.app._send(
+        task_id = await self.producer.send(
             self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
         )
+        return AsyncResult(task_id, self.producer, task_name=self.name)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        from .canvas import Signature
-
-        return Signature(self.name, args, kwargs, app=self.app)
+        return Signature(self.name, args, kwargs, app=self.producer)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
-        from .canvas import Signature
-
-        return Signature(self.name, args, kwargs, app=self.app, immutable=True)
+        return Signature(self.name, args, kwargs, app=self.producer, immutable=True)
 
     def signature(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
-        from .canvas import Signature
-
-        return Signature(self.name, tuple(args), kwargs or {}, options=options, app=self.app)
+        return Signature(
+            self.name, tuple(args), kwargs or {}, options=options, app=self.producer
+        )
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
-        from .result import AsyncResult
-
-        return AsyncResult(task_id, self.app, task_name=self.name)
+        return AsyncResult(task_id, self.producer, task_name=self.name)
 
     # -- retrying --------------------------------------------------------------------------
     def retry(
@@ -250,7 +218,7 @@ class Task(Generic[P, R]):
     def effective_max_retries(self) -> int | None:
         if self.max_retries is not None:
             return self.max_retries
-        return self.app.conf.settings.task_default_max_retries
+        return self.producer.conf.settings.task_default_max_retries
 
     def retry_delay_s(self, retries: int) -> float:
         """Exponential backoff with full jitter if `retry_backoff`, else the fixed delay."""
@@ -260,4 +228,4 @@ class Task(Generic[P, R]):
             return random.uniform(0, delay) if self.retry_jitter else delay
         if self.default_retry_delay is not None:
             return float(self.default_retry_delay)
-        return self.app.conf.settings.task_default_retry_delay_s
+        return self.producer.conf.settings.task_default_retry_delay_s

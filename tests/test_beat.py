@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from aiotq import App, ConfigurationError, crontab
+from aiotq import App, ConfigurationError, Worker, crontab
 from aiotq.beat import Beat, entries_of
 from aiotq.testing import run_worker
 
@@ -63,7 +63,7 @@ def test_bad_entries_fail_at_start_naming_them() -> None:
     app, _ = app_with_ticks()
     app.conf.beat_schedule = {"broken": {"task": "beat.mul", "schedule": 30, "args": (1,)}}
     with pytest.raises(ConfigurationError, match=r"beat entry 'broken'.*missing a required"):
-        app.worker(beat=True)
+        Worker(app, beat=True)
     app, _ = app_with_ticks()
     app.conf.beat_schedule = {"no-task": {"schedule": 30}}
     with pytest.raises(ConfigurationError, match="needs 'task' and 'schedule'"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiotq import App, ConfigurationError, Exchange, Queue
+from aiotq import App, ConfigurationError, Exchange, Queue, Worker
 from aiotq.routing import topic_matches
 
 
@@ -76,7 +76,7 @@ def test_seed_topic_routing() -> None:
     add.apply_async((3, 3), queue="feed_task", routing_key="mul.feed")  # per call wins
     mul.apply_async((3, 3), queue="foo", routing_key="task.foooooo")
     assert (pending(app, "foo"), pending(app, "feed_task")) == (2, 2)
-    assert app.worker().queues == ["feed_task", "foo"]  # no -Q: every declared queue
+    assert Worker(app).queues == ["feed_task", "foo"]  # no -Q: every declared queue
     app.close()
 
 

@@ -282,7 +282,7 @@ class Executor:
             args=list(retry.new_args) if retry.new_args is not None else message.args,
             kwargs=retry.new_kwargs if retry.new_kwargs is not None else message.kwargs,
         )
-        await self.app.publish_message(again)
+        await self.app.producer.publish_message(again)
         reason = f"{_type_name(retry.exc)}: {retry.exc}" if retry.exc else "retry requested"
         log.info(
             "Task %s[%s] retry: Retry in %gs: %s",

@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..canvas import Signature, group_meta_key, result_ids
+from ..canvas import Signature
 from ..exceptions import Transient
-from ..protocol import CODECS, ChordRef, Message, ResultRecord, decode_record
+from ..protocol import (
+    CODECS,
+    ChordRef,
+    Message,
+    ResultRecord,
+    decode_record,
+    group_meta_key,
+    result_ids,
+)
 
 if TYPE_CHECKING:
     from ..app import App

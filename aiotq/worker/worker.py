@@ -19,8 +19,8 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .. import __version__
 from .._backoff import Backoff
+from .._version import __version__
 from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES
 from ..exceptions import AiotqError, Transient

@@ -1,0 +1,208 @@
+"""The send path: option checks, routing, encoding, publishing, and the sync portal.
+
+Every message leaves through one `Producer`: a task's `send`/`delay`/`apply_async`, a
+signature or canvas, a worker's retries and follow-ups, beat. The App builds it; the layers
+above (task, canvas, result) hold it, never the App. It sees the broker, the result store and
+the settings through a `Wiring` that the App makes on first use (settings frozen then, so a
+bad URL fails at the first send, naming it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
+
+from ._portal import Portal
+from .exceptions import ConfigurationError
+from .protocol import CODECS, Message, chord_ref, signature_list
+from .request import current_request
+from .routing import Topology, resolve_route
+from .settings import Config, Settings
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .brokers.base import Broker
+
+T = TypeVar("T")
+
+SEND_OPTIONS = frozenset(
+    {
+        "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority",
+        "task_id", "headers", "ignore_result", "link", "link_error", "time_limit",
+        "soft_time_limit", "serializer", "retries", "parent_id", "root_id", "group_id",
+        "chain", "chord",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What sending needs that exists only once the App is finalized."""
+
+    settings: Settings
+    broker: Broker
+    backend: Backend
+    topology: Topology
+
+
+class Registered(Protocol):
+    """What the send path reads of a registered task (task.py's `Task`)."""
+
+    expires: float | None
+    queue: str | None
+    priority: int | None
+
+    def check_call(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None: ...
+
+
+class Producer:
+    """`tasks`: the registry (name -> task); `wire()`: the App's finalize, cached there."""
+
+    def __init__(
+        self, name: str, conf: Config, tasks: Mapping[str, Registered], wire: Callable[[], Wiring]
+    ) -> None:
+        self.conf = conf
+        self.tasks = tasks
+        self.portal = Portal(name)
+        self._wire = wire
+
+    @property
+    def wiring(self) -> Wiring:
+        return self._wire()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the portal loop from sync code and return its value."""
+        return self.portal.call(coro)
+
+    async def send(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        task: Registered | None = None,
+    ) -> str:
+        """Check, route, encode and publish one task call; return its id."""
+        unknown = set(options) - SEND_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+        wiring = self.wiring
+        settings = wiring.settings
+        task = task or self.tasks.get(name)
+        if task is not None:
+            task.check_call(args, kwargs)
+        route = resolve_route(settings.task_routes, name, args, kwargs)
+        opt = {**route, **{k: v for k, v in options.items() if v is not None}}
+        parent = current_request.get()
+        parent_id = opt.get("parent_id") or (parent.id if parent else None)
+        root_id = opt.get("root_id") or (parent.root_id or parent.id if parent else None)
+        task_id = opt.get("task_id") or str(uuid.uuid4())
+        countdown = opt.get("countdown")
+        eta_at_s = _epoch(opt.get("eta"), relative=False)
+        if countdown is not None:
+            eta_at_s = time.time() + float(countdown)
+        expires = opt.get("expires", task.expires if task else None)
+        queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
+        targets = wiring.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
+        reply_to = getattr(wiring.backend, "reply_to", None)  # rpc://: the caller's own queue
+        message = Message(
+            reply_to=await reply_to() if reply_to is not None else None,
+            id=task_id,
+            task=name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            retries=int(opt.get("retries", 0)),
+            eta_at_s=eta_at_s,
+            expires_at_s=_epoch(expires, relative=True),
+            time_limit_s=opt.get("time_limit"),
+            soft_time_limit_s=opt.get("soft_time_limit"),
+            parent_id=parent_id,
+            root_id=root_id or task_id,
+            group_id=opt.get("group_id"),
+            link=signature_list(opt.get("link")),
+            link_error=signature_list(opt.get("link_error")),
+            chain=signature_list(opt.get("chain")),
+            chord=chord_ref(opt.get("chord")),
+            ignore_result=bool(opt.get("ignore_result", False)),
+            priority=opt.get("priority", task.priority if task else settings.task_default_priority),
+            queue=targets[0],
+            routing_key=opt.get("routing_key"),
+            headers=dict(opt.get("headers") or {}),
+        )
+        if message.priority is not None and not 0 <= message.priority <= 9:
+            raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
+        await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
+        return task_id
+
+    async def publish_message(
+        self, message: Message, serializer: str | None = None, queues: Sequence[str] = ()
+    ) -> None:
+        """Encode and publish to `queues` (default: the message's own queue; a fanout has
+        several); the one path for first sends and retries."""
+        wiring = self.wiring
+        codec = CODECS.get(serializer or wiring.settings.task_serializer)
+        if codec is None:
+            raise ConfigurationError(f"unknown serializer {serializer!r}")
+        try:
+            body = codec.encode(message)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise _encode_error(message, codec.name, exc) from None
+        delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
+        headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
+        if message.priority is not None:
+            headers["priority"] = str(message.priority)
+        assert message.queue is not None
+        for queue in queues or [message.queue]:
+            await wiring.broker.publish(
+                queue, body, headers, delay_s=delay_s, priority=message.priority
+            )
+
+    def close(self, cleanup: Coroutine[Any, Any, None] | None = None) -> None:
+        """Close the sync portal, running `cleanup` on its loop first."""
+        self.portal.close(cleanup)
+
+
+class HasProducer(Protocol):
+    @property
+    def producer(self) -> Producer: ...
+
+
+def producer_of(source: Producer | HasProducer | None) -> Producer | None:
+    """`app=` arguments (AsyncResult(id, app=app), chain(..., app=app)) take an App or a
+    Producer: the layers below the App keep only its producer."""
+    if source is None or isinstance(source, Producer):
+        return source
+    return source.producer
+
+
+def _epoch(value: datetime | float | None, *, relative: bool) -> float | None:
+    """eta/expires as absolute epoch seconds; numbers (and timedelta) are relative for expires."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, timedelta):
+        return time.time() + value.total_seconds()
+    return time.time() + float(value) if relative else float(value)
+
+
+def _encode_error(message: Message, serializer: str, exc: Exception) -> TypeError:
+    """Name the argument that cannot be encoded."""
+    encode = CODECS[serializer].encode
+    culprits = [(f"argument {i}", v) for i, v in enumerate(message.args)]
+    culprits += [(f"keyword argument {k!r}", v) for k, v in message.kwargs.items()]
+    for label, value in culprits:
+        try:
+            encode(value)
+        except Exception as inner:
+            return TypeError(
+                f"{label} of {message.task} ({type(value).__name__}) "
+                f"cannot be sent as {serializer}: {inner}"
+            )
+    return TypeError(f"message for {message.task} cannot be encoded as {serializer}: {exc}")

@@ -1,0 +1,36 @@
+"""The running task's request: `self.request` inside a bound task, and the context a send
+reads its parent and root ids from. Its own module, low in the layers: the producer reads it
+and the worker sets it, and neither may import task.py's upper layer."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Request:
+    """`self.request` inside a bound task (Celery's names)."""
+
+    id: str | None = None
+    task: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    hostname: str | None = None
+    called_directly: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "aiotq_request", default=None
+)
