@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check aiotq tests examples benchmarks
 	$(BIN)/ruff format --check aiotq tests examples benchmarks
 	$(BIN)/python -m mypy aiotq
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo

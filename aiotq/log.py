@@ -7,7 +7,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
-from .task import current_request
+from .request import current_request
 
 
 class TaskLogger(logging.LoggerAdapter[logging.Logger]):
