@@ -173,9 +173,7 @@ class Task(Generic[P, R]):
     def signature(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
-        return Signature(
-            self.name, tuple(args), kwargs or {}, options=options, app=self.producer
-        )
+        return Signature(self.name, tuple(args), kwargs or {}, options=options, app=self.producer)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return AsyncResult(task_id, self.producer, task_name=self.name)
