@@ -41,14 +41,12 @@ from .result import AsyncResult, GroupResult
 from .routing import Exchange, Queue
 from .schedules import crontab
 from .task import Request, Task
-from .worker.execute import AckPolicy
 from .worker.worker import Worker
 
 signature = Signature
 
 __all__ = [
     "AccessRefused",
-    "AckPolicy",
     "AiotqError",
     "App",
     "AsyncResult",

@@ -264,8 +264,8 @@ def result(
         out: dict[str, Any] = {"id": task_id, "state": record.state}
         if record.state == "SUCCESS":
             out["result"] = record.result
-        elif record.exc_type:
-            out["error"] = f"{record.exc_type}: {record.exc_message}"
+        elif record.failure is not None:
+            out["error"] = str(record.failure)
             out["traceback"] = record.traceback
         typer.echo(json.dumps(out))
 

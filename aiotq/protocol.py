@@ -8,6 +8,7 @@ A broker carries an opaque body plus a small string header map; the header
 from __future__ import annotations
 
 import importlib
+import traceback
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -20,6 +21,7 @@ CONTENT_TYPES: dict[str, str] = {
     "msgpack": "application/x-msgpack",
 }
 SERIALIZER_OF = {v: k for k, v in CONTENT_TYPES.items()}
+_args_encoder = msgspec.msgpack.Encoder()  # can an exception's args travel as data?
 # Content type a broker gives a body whose own framing it could not read.
 BROKEN_ENVELOPE = "application/x-aiotq-broken-envelope"
 
@@ -76,21 +78,68 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     headers: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class Failure(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A task's exception as data, in one shape from where it is raised (the worker, or a
+    child process of the process executor) to the stored record to what `get()` raises."""
+
+    type: str  # the qualified name within its module
+    module: str = "builtins"
+    message: str = ""
+    args: list[Any] | None = None  # the exception's args, when they can be encoded
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        args: list[Any] | None = list(exc.args)
+        try:
+            _args_encoder.encode(args)
+        except Exception:
+            args = None
+        return cls(
+            type=type(exc).__qualname__, module=type(exc).__module__, message=str(exc),
+            args=args, traceback="".join(traceback.format_exception(exc)),
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    def rebuild(self) -> BaseException:
+        """The task's own exception type where importable here (with the remote traceback
+        as a note), else a TaskError naming it."""
+        try:
+            cls = getattr(importlib.import_module(self.module), self.type)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                exc = cls(*(self.args if self.args is not None else [self.message]))
+                exc.__notes__ = [f"remote traceback:\n{self.traceback}"] if self.traceback else []
+                return exc
+        except Exception:
+            pass
+        name = self.type if self.module == "builtins" else f"{self.module}.{self.type}"
+        return TaskError(name, self.message, self.traceback)
+
+
 class ResultRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What the backend keeps for a task id."""
 
     task_id: str
     state: State
-    result: Any = None
-    exc_type: str | None = None
-    exc_module: str | None = None
-    exc_message: str | None = None
-    traceback: str | None = None
+    result: Any = None  # the value, on success
+    failure: Failure | None = None  # on FAILURE, REVOKED and a RETRY that had a cause
     date_done_s: float | None = None
     retries: int = 0
     task: str | None = None
     parent_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # ids of links, chain's next
+
+    @property
+    def traceback(self) -> str | None:
+        return self.failure.traceback if self.failure is not None else None
+
+    def exception(self) -> BaseException:
+        """What `get()` raises for this record."""
+        if self.failure is None:
+            return TaskError("Exception", f"task {self.task_id} ended {self.state}")
+        return self.failure.rebuild()
 
 
 class Codec:
@@ -195,21 +244,3 @@ def result_ids(data: SignatureData) -> list[str]:
         return [task_id] if task_id else []
     ids = [i for member in data.tasks for i in result_ids(member)]
     return ids + (result_ids(data.body) if data.body is not None else [])
-
-
-def rebuild_exception(record: ResultRecord) -> BaseException:
-    """The task's own exception type where importable here, else a TaskError."""
-    name = record.exc_type or "Exception"
-    message = record.exc_message or ""
-    try:
-        cls = getattr(importlib.import_module(record.exc_module or "builtins"), name)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            args = record.result if isinstance(record.result, list) else [message]
-            exc = cls(*args)
-            exc.__notes__ = [f"remote traceback:\n{record.traceback}"] if record.traceback else []
-            return exc
-    except Exception:
-        pass
-    return TaskError(
-        f"{record.exc_module}.{name}" if record.exc_module else name, message, record.traceback
-    )

@@ -22,7 +22,6 @@ from .protocol import (
     ResultRecord,
     decode_record,
     group_meta_key,
-    rebuild_exception,
 )
 
 R = TypeVar("R")
@@ -90,7 +89,7 @@ class AsyncResult(Generic[R]):
         if record.state == SUCCESS:
             value: R = record.result
             return value
-        exc = rebuild_exception(record)
+        exc = record.exception()
         if propagate:
             raise exc
         return exc  # type: ignore[return-value]
@@ -163,7 +162,7 @@ class AsyncResult(Generic[R]):
         record = self._current()
         if record is None or record.state not in READY_STATES:
             return None
-        return record.result if record.state == SUCCESS else rebuild_exception(record)
+        return record.result if record.state == SUCCESS else record.exception()
 
     info = result
 

@@ -65,7 +65,7 @@ class FollowUps:
             await self._chord_step(message.chord)
 
     async def after_failure(self, message: Message, record: ResultRecord) -> None:
-        error = f"{record.exc_type}: {record.exc_message}"
+        error = str(record.failure)
         for errback in message.link_error:
             await self._send(
                 errback.task, Signature.from_data(errback, self.app), (message.id, error)
@@ -98,8 +98,8 @@ class FollowUps:
         failed = next((r for r in records if r.state != "SUCCESS"), None)
         if failed is not None:
             log.error(
-                "chord %s: member %s failed (%s: %s); its body does not run",
-                ref.group_id, failed.task_id, failed.exc_type, failed.exc_message,
+                "chord %s: member %s failed (%s); its body does not run",
+                ref.group_id, failed.task_id, failed.failure,
             )  # fmt: skip
             await self._fail(result_ids(ref.body), failed)
             return

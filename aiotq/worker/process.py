@@ -11,37 +11,19 @@ import importlib
 import os
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..exceptions import Retry
-from ..task import Request, current_request
+from ..protocol import Failure
+from ..request import Request, current_request
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
-
-
-def error_info(exc: BaseException) -> dict[str, Any]:
-    return {
-        "module": type(exc).__module__,
-        "type": type(exc).__qualname__,
-        "message": str(exc),
-        "args": _encodable_args(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-
-
-def _encodable_args(exc: BaseException) -> list[Any] | None:
-    try:
-        _encode(list(exc.args))
-    except Exception:
-        return None
-    return list(exc.args)
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -66,10 +48,10 @@ def run_in_child(module: str, qualname: str, payload: bytes) -> bytes:
         value = target(*args, **kwargs)  # a Task passes itself first when bound
         return _encode({"ok": value})
     except Retry as retry:
-        info = error_info(retry.exc) if retry.exc is not None else None
-        return _encode({"retry": retry.countdown_s, "exc": info})
+        cause = Failure.of(retry.exc) if retry.exc is not None else None
+        return _encode({"retry": retry.countdown_s, "exc": cause})
     except BaseException as exc:
-        return _encode({"error": error_info(exc)})
+        return _encode({"error": Failure.of(exc)})
     finally:
         current_request.reset(token)
 

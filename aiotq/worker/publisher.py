@@ -23,8 +23,8 @@ from .._backoff import Backoff
 from ..backends.base import Backend
 from ..brokers.base import Broker
 from ..exceptions import Transient
-from ..protocol import CODECS, ResultRecord, decode_record
-from .execute import Outcome, Settle
+from ..protocol import CODECS, Failure, ResultRecord, decode_record
+from .outcome import Outcome, Settle
 
 log = logging.getLogger("aiotq.worker")
 
@@ -78,9 +78,9 @@ class ResultPublisher:
         records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
         if records:
             await self._store(records)
-        followups = [outcome.after for outcome in batch if outcome.after is not None]
+        followups = [outcome for outcome in batch if outcome.after is not None]
         if followups:  # after the store (a chord counts stored results), before the ack
-            await asyncio.gather(*(_followed_up(after) for after in followups))
+            await asyncio.gather(*(_followed_up(outcome) for outcome in followups))
         acks = [o.delivery for o in batch if o.settle is Settle.ACK and o.delivery is not None]
         if acks:
             await _settling(partial(self._broker.ack_many, acks), "acknowledge")
@@ -121,21 +121,27 @@ def _unstorable(task_id: str, data: bytes, refusal: BaseException) -> Record:
     except Exception:
         task, retries, parent, codec = None, 0, None, CODECS["json"]
     message = f"the result of task {task or task_id} could not be stored: {refusal}"
+    failure = Failure(type="BackendError", module="aiotq.exceptions", message=message,
+                      args=[message])  # fmt: skip
     record = ResultRecord(
-        task_id=task_id, state="FAILURE", exc_type="BackendError",
-        exc_module="aiotq.exceptions", exc_message=message, result=[message],
-        date_done_s=time.time(), retries=retries, task=task, parent_id=parent,
+        task_id=task_id, state="FAILURE", failure=failure, date_done_s=time.time(),
+        retries=retries, task=task, parent_id=parent,
     )  # fmt: skip
     return task_id, codec.encode(record)
 
 
-async def _followed_up(followup: Callable[[], Awaitable[None]]) -> None:
+async def _followed_up(outcome: Outcome) -> None:
     """A follow-up that meets an error that may pass is run again (at least once: a link may
-    be sent twice, as after a redelivery); one that fails for good is logged."""
+    be sent twice, as after a redelivery); one that fails for good is logged, and if it was
+    needed (a retry's new message), its message is dead-lettered instead of acked."""
+    assert outcome.after is not None
     try:
-        await _retrying(followup, "send the follow-ups of a finished task")
+        await _retrying(outcome.after, "send the follow-ups of a finished task")
     except Exception as exc:
-        log.error("follow-up of a finished task failed: %r", exc)
+        log.error("follow-up of task %s failed: %r", outcome.task_id, exc)
+        if outcome.after_must_succeed and outcome.settle is Settle.ACK:
+            outcome.settle = Settle.DEAD_LETTER
+            outcome.reason = f"its follow-up failed: {exc!r}"
 
 
 async def _settling(operation: Callable[[], Awaitable[object]], what: str) -> None:

@@ -25,7 +25,8 @@ from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES
 from ..exceptions import AiotqError, Transient
 from ..urls import mask_password
-from .execute import Executor, Outcome, Settle
+from .execute import Executor
+from .outcome import Outcome, Settle
 from .publisher import ResultPublisher
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class Worker:
         self, executor: Executor, publisher: ResultPublisher, delivery: Delivery
     ) -> None:
         try:
-            outcomes = await executor.handle(delivery)
+            outcomes = await self._decided(executor, delivery)
         except asyncio.CancelledError:
             # cold stop: the message goes back to the broker before we let go
             with contextlib.suppress(Exception):
@@ -199,6 +200,17 @@ class Worker:
         # its result and ack are queued: the next message may be fetched meanwhile (a full
         # publisher queue blocks submit above, so unacknowledged ones stay bounded)
         delivery.finished()
+
+    @staticmethod
+    async def _decided(executor: Executor, delivery: Delivery) -> list[Outcome]:
+        """The executor decides; the one thing acted on here is an ack on receipt (a task
+        with acks_late=False), which must happen before it runs."""
+        accepted = executor.accept(delivery)
+        if isinstance(accepted, Outcome):
+            return [accepted]
+        if accepted.settle is Settle.NONE:
+            await delivery.ack()
+        return await executor.run(accepted, delivery)
 
     async def _finish_inflight(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,199 @@
+"""Deciding what a run means: which record to store, what to do after it, how to settle.
+
+Data only: nothing here talks to a broker or a backend. The executor (execute.py) runs a
+task and asks this module for the outcome; the result publisher acts on outcomes in one
+order (store the record, run the follow-ups, settle the message). A retry is an outcome
+too: its RETRY record, then the new message published as a follow-up, then the ack.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..exceptions import BackendError, Reject, Retry
+from ..protocol import CODECS, Failure, Message, ResultRecord, State
+from ..settings import Settings
+from .followups import FollowUps, children_of, has_followups
+
+if TYPE_CHECKING:
+    from ..brokers.base import Delivery
+    from ..task import Task
+
+
+class Settle(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+    NONE = "none"  # acknowledged on receipt (acks_late=False): nothing left to settle
+
+
+@dataclass(slots=True)
+class Outcome:
+    task_id: str | None
+    data: bytes | None  # encoded ResultRecord to store, if any
+    delivery: Delivery | None
+    settle: Settle
+    reason: str | None = None
+    after: Callable[[], Awaitable[None]] | None = None  # follow-ups, once the record is stored
+    # a follow-up that fails for good dead-letters the message (a lost retry loses the task)
+    after_must_succeed: bool = False
+
+
+class RemoteError(Exception):
+    """A failure reported by a child process of the process executor, carried as data."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def failure_of(exc: BaseException) -> Failure:
+    return exc.failure if isinstance(exc, RemoteError) else Failure.of(exc)
+
+
+def original(exc: BaseException) -> BaseException:
+    """The exception a child process raised, rebuilt where its type is importable here (so
+    `autoretry_for` matches it as it would a local one)."""
+    if not isinstance(exc, RemoteError):
+        return exc
+    rebuilt = exc.failure.rebuild()
+    return exc if type(rebuilt).__name__ == "TaskError" else rebuilt
+
+
+class Decide:
+    """The outcomes of one worker: settings and the result codec are read once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        followups: FollowUps,
+        publish: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.codec = CODECS[settings.result_serializer]
+        self.followups = followups
+        self._publish = publish
+
+    def settle_for(self, task: Task[Any, Any]) -> Settle:
+        """ACK after the record is stored (acks late: the safe default, a crash means
+        redelivery), or NONE: the worker acks on receipt (a crash loses the task)."""
+        late = task.acks_late if task.acks_late is not None else self.settings.task_acks_late
+        return Settle.ACK if late else Settle.NONE
+
+    def ignored(self, task: Task[Any, Any], message: Message) -> bool:
+        if message.chord is not None:
+            return False  # the chord's body needs every member's result
+        if message.ignore_result:
+            return True
+        if task.ignore_result is not None:
+            return task.ignore_result
+        return self.settings.task_ignore_result
+
+    # -- before running ------------------------------------------------------------------------
+    def undecodable(self, delivery: Delivery, reason: str) -> Outcome:
+        return Outcome(None, None, delivery, Settle.DEAD_LETTER, reason)
+
+    def refused(self, message: Message, exc: BaseException, delivery: Delivery) -> Outcome:
+        """Never run (unknown task, past its delivery limit): dead-lettered, and the failure
+        stored so a waiting get() raises it at once instead of timing out."""
+        record = self._failure_record(message, Failure.of(exc), "FAILURE")
+        return Outcome(message.id, self._encode(record), delivery, Settle.DEAD_LETTER, str(exc))
+
+    def started(self, task: Task[Any, Any], message: Message) -> Outcome | None:
+        if not self.settings.task_track_started or self.ignored(task, message):
+            return None
+        record = ResultRecord(task_id=message.id, state="STARTED", task=message.task)
+        return Outcome(message.id, self._encode(record), None, Settle.NONE)
+
+    # -- after running -------------------------------------------------------------------------
+    def succeeded(
+        self, task: Task[Any, Any], message: Message, value: Any, delivery: Delivery, settle: Settle
+    ) -> Outcome:
+        """Store the value (unless ignored), then the follow-ups: links, chain, chord."""
+        data = None
+        if not self.ignored(task, message):
+            record = ResultRecord(
+                task_id=message.id, state="SUCCESS", result=value, date_done_s=time.time(),
+                retries=message.retries, task=message.task, parent_id=message.parent_id,
+                children=children_of(message),
+            )  # fmt: skip
+            try:
+                data = self.codec.encode(record)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+                error = TypeError(
+                    f"result of {message.task} ({type(value).__name__}) cannot be stored as "
+                    f"{self.codec.name}: {exc}"
+                )
+                return self.failed(message, Failure.of(error), delivery, settle)
+            limit = self.settings.result_max_bytes
+            if len(data) > limit:  # past a backend's limit a store never passes: say so now
+                too_big = BackendError(
+                    f"the result of {message.task} is {len(data):,} bytes encoded, more than"
+                    f" result_max_bytes ({limit:,}); store it elsewhere and return a reference"
+                )
+                return self.failed(message, Failure.of(too_big), delivery, settle)
+        after = None
+        if has_followups(message):
+            after = partial(self.followups.after_success, message, value)
+        return Outcome(message.id, data, delivery, settle, after=after)
+
+    def failed(
+        self,
+        message: Message,
+        failure: Failure,
+        delivery: Delivery | None,
+        settle: Settle,
+        state: State = "FAILURE",
+    ) -> Outcome:
+        """Store the failure (or the expiry), then its error follow-ups (link_error, the
+        rest of a chain, a chord's count)."""
+        record = self._failure_record(message, failure, state)
+        after = None
+        if has_followups(message):
+            after = partial(self.followups.after_failure, message, record)
+        return Outcome(message.id, self._encode(record), delivery, settle, after=after)
+
+    def retried(
+        self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
+    ) -> Outcome:
+        """The task again as a delayed message (the worker does not sleep on it), published
+        after the RETRY record is stored and before this message is acknowledged."""
+        again = msgspec.structs.replace(
+            message,
+            retries=message.retries + 1,
+            eta_at_s=time.time() + retry.countdown_s,
+            args=list(retry.new_args) if retry.new_args is not None else message.args,
+            kwargs=retry.new_kwargs if retry.new_kwargs is not None else message.kwargs,
+        )
+        record = ResultRecord(
+            task_id=message.id, state="RETRY", retries=message.retries + 1, task=message.task,
+            failure=failure_of(retry.exc) if retry.exc is not None else None,
+        )  # fmt: skip
+        return Outcome(
+            message.id, self._encode(record), delivery, settle,
+            after=partial(self._publish, again), after_must_succeed=True,
+        )  # fmt: skip
+
+    def rejected(self, message: Message, reject: Reject, delivery: Delivery) -> Outcome:
+        how = Settle.REQUEUE if reject.requeue else Settle.DEAD_LETTER
+        return Outcome(message.id, None, delivery, how, reject.reason)
+
+    def lost(self, message: Message, reason: str, delivery: Delivery) -> Outcome:
+        """Its process died (or was ended for another task's time limit): run it again."""
+        return Outcome(message.id, None, delivery, Settle.REQUEUE, reason)
+
+    def _failure_record(self, message: Message, failure: Failure, state: State) -> ResultRecord:
+        return ResultRecord(
+            task_id=message.id, state=state, failure=failure, date_done_s=time.time(),
+            retries=message.retries, task=message.task, parent_id=message.parent_id,
+        )  # fmt: skip
+
+    def _encode(self, record: ResultRecord) -> bytes:
+        return self.codec.encode(record)
