@@ -114,43 +114,6 @@ def test_second_signal_is_cold_and_returns_messages(app: App, start: Start) -> N
     assert [r.get(timeout=20) for r in results] == [f"t{i}" for i in range(3)]
 
 
-def test_sigkill_loses_nothing(app: App, start: Start) -> None:
-    env = {"E2E_VISIBILITY_S": "2"}
-    victim = start("-c", "50", env=env)
-    results = [app.send_task("e2e.sleep", (5.0, f"t{i}")) for i in range(50)]
-    victim.wait_for_log(r"e2e\.sleep\[.*\] received", times=50)
-    victim.signal(signal.SIGKILL)
-    victim.wait(10)
-    start("-c", "50", env=env)
-    assert sorted(r.get(timeout=40) for r in results) == sorted(f"t{i}" for i in range(50))
-
-
-def test_malformed_bytes_in_the_stream_are_dead_lettered(
-    app: App, start: Start, redis_url: str
-) -> None:
-    worker = start()
-    client = redis.Redis.from_url(redis_url)
-    client.xadd("aiotq:{default}:stream", {"e": b"\x00not-an-envelope"})
-    valid_envelope_bad_json = b"\x92\x81\xaccontent-type\xb0application/json\xc4\x03{x}"
-    bad_utf8_in_envelope = b"\x92\x81\xacontent-type\xb0application/json\xc4\x03{x}"
-    client.xadd("aiotq:{default}:stream", {"e": valid_envelope_bad_json})
-    client.xadd("aiotq:{default}:stream", {"e": bad_utf8_in_envelope})
-    worker.wait_for_log("Rejected message", times=3)
-    assert app.send_task("e2e.add", (1, 2)).get(timeout=10) == 3
-    dead = client.xrange("aiotq:{default}:dead")
-    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
-    assert len(reasons) == 3, reasons
-    assert any("undecodable json" in r for r in reasons)
-    assert worker.proc.poll() is None
-    listed = subprocess.run(
-        [sys.executable, "-m", "aiotq", "dead-letters", "-A", "tests.apps:tq"],
-        cwd=ROOT, env={**os.environ, "AIOTQ_BROKER_URL": redis_url}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert len(listed.stdout.splitlines()) == 3 and "undecodable json" in listed.stdout
-    client.close()
-
-
 def test_import_error_is_one_clear_line(redis_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "aiotq", "worker", "no_such_module_here:app"],
