@@ -23,11 +23,12 @@ _all: weakref.WeakSet[PerLoop[object]] = weakref.WeakSet()
 
 class PerLoop(Generic[T]):
     """`get()` returns this loop's value, made by `factory()` on first use (synchronously,
-    so concurrent first callers on one loop share it)."""
+    so concurrent first callers on one loop share it). Without a factory, a value that takes
+    an await to make (a connection) is `set()` by its maker and read with `peek()`."""
 
     __slots__ = ("__weakref__", "_factory", "_values")
 
-    def __init__(self, factory: Callable[[], T]) -> None:
+    def __init__(self, factory: Callable[[], T] | None = None) -> None:
         self._factory = factory
         self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
@@ -38,6 +39,8 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         value = self._values.get(loop)
         if value is None:
+            if self._factory is None:
+                raise LookupError("no value made for this event loop yet (see set())")
             value = self._values[loop] = self._factory()
         return value
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from ._loops import PerLoop
 from .exceptions import (
     AccessRefused,
     BackendConnectionError,
@@ -92,8 +92,9 @@ def pool_for(
 
 
 class LoopClients:
-    """One redis client (with its bounded pool) per event loop: redis.asyncio objects are
-    bound to the loop they first ran on, and a producer's portal loop differs from a worker's."""
+    """One redis client (with its bounded pool) per event loop (a `PerLoop`): redis.asyncio
+    objects are bound to the loop they first ran on, and a producer's portal loop differs
+    from a worker's."""
 
     def __init__(
         self,
@@ -108,18 +109,11 @@ class LoopClients:
         # a server that never answers is an error: every command is bounded by `guarded()`
         # (asyncio.timeout), not by redis-py's socket_timeout, which costs a Task per send
         self.socket_timeout_s = socket_timeout_s
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients: PerLoop[aioredis.Redis] = PerLoop(self._client)
+        self.get = self._clients.get  # this loop's client: bound once, called on every command
 
-    def get(self) -> aioredis.Redis:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            pool = pool_for(self.url, self._max, self._timeout_s)
-            client = aioredis.Redis(connection_pool=pool)
-            self._clients[loop] = client
-        return client
+    def _client(self) -> aioredis.Redis:
+        return aioredis.Redis(connection_pool=pool_for(self.url, self._max, self._timeout_s))
 
     def dedicated(self, socket_timeout_s: float | None = None) -> aioredis.Redis:
         """A client with its own connection, for blocking reads and pub/sub. A socket timeout
@@ -133,8 +127,7 @@ class LoopClients:
         return translated(self.url, error, self.socket_timeout_s)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        client = self._clients.pop(loop, None)
+        client = self._clients.pop()
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     until_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kv (       -- the coordinator's key-value (presence, revokes)
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 """
 
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol
 
 from . import result as _result
 from ._sqlite import default_url
-from .backends import make_backend
-from .brokers import make_broker
+from .backends import make_backend, make_coordinator
+from .backends.base import reply_routing
+from .brokers import default_backend_url, make_broker
 from .canvas import Signature
 from .exceptions import ConfigurationError
 from .producer import Producer, Wiring
@@ -25,7 +26,7 @@ from .settings import Config, Settings, settings_from_object
 from .task import Task
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends.base import Coordinator, ResultStore
     from .brokers.base import Broker
 
 P = ParamSpec("P")
@@ -73,7 +74,7 @@ class App:
         self.conf.update(updates)
         self._lock = threading.Lock()
         self._broker: Broker | None = None
-        self._backend: Backend | None = None
+        self._backend: ResultStore | None = None
         self._wired: Wiring | None = None
         self.producer = Producer(main, self.conf, self.tasks, self._wiring)
         self._autodiscover: list[tuple[list[str], str]] = []
@@ -131,9 +132,8 @@ class App:
                 if name not in CODECS:
                     raise ConfigurationError(f"unknown serializer {name!r}")
             broker_url = settings.broker_url or default_url()  # the embedded SQLite file
-            # RabbitMQ keeps no results: its default is rpc:// (replies to the caller's queue)
-            rabbit = broker_url.startswith(("amqp://", "amqps://"))
-            backend_url = settings.result_backend or ("rpc://" if rabbit else broker_url)
+            # the scheme table says what a broker's default results are (RabbitMQ: rpc://)
+            backend_url = settings.result_backend or default_backend_url(broker_url)
             self.topology = Topology(
                 settings.task_queues, settings.task_default_queue, settings.task_default_exchange,
                 settings.task_default_exchange_type, settings.task_default_routing_key,
@@ -141,7 +141,11 @@ class App:
             broker = make_broker(broker_url, settings)
             self._backend = make_backend(backend_url, settings, broker)
             self._broker = broker
-            self._wired = Wiring(settings, broker, self._backend, self.topology)
+            self._wired = Wiring(
+                settings, broker, self._backend, self.topology,
+                coordinator=make_coordinator(self._backend),
+                replies=reply_routing(self._backend),
+            )  # fmt: skip
         self.import_task_modules()
         return settings
 
@@ -158,10 +162,17 @@ class App:
         return self._broker
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> ResultStore:
+        """Where results are kept."""
         self.finalize()
         assert self._backend is not None
         return self._backend
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """Counters, leases and a small key-value (chords, beat, operations): the result
+        backend where it can be one; None with rpc://, which keeps nothing."""
+        return self._wiring().coordinator
 
     # -- tasks -----------------------------------------------------------------------------
     @overload

@@ -1,13 +1,13 @@
 """Beat: sends periodic tasks when they fall due, with exactly one leader among many beats.
 
 Any number of beats may run (`aiotq worker -B` on every host, `aiotq beat`); they compete for
-a lease in the result backend (Redis, SQLite, or memory within one process). The holder sends
+a lease in the app's coordinator (Redis, SQLite, or memory within one process). The holder sends
 due runs and renews the lease every third of its length; the others check as often, so when
 the leader dies another takes over within the lease time.
 
-The last run of each entry is kept in the backend, so a restarted beat (or a new leader)
-continues from it: it neither repeats a run nor skips one. Runs missed while no beat was up
-are sent once on return (`beat_missed_runs = "run_once"`, Celery's behaviour) or dropped
+The last run of each entry is kept in the coordinator's key-value, so a restarted beat (or
+a new leader) continues from it: it neither repeats a run nor skips one. Runs missed while no
+beat was up are sent once on return (`beat_missed_runs = "run_once"`, Celery's behaviour) or dropped
 (`"skip"`).
 """
 
@@ -29,6 +29,7 @@ from .schedules import Entry, crontab, schedule_of
 
 if TYPE_CHECKING:
     from .app import App
+    from .backends.base import Coordinator
 
 log = logging.getLogger("aiotq.beat")
 
@@ -80,11 +81,13 @@ class Beat:
         self.lease_s = settings.beat_lease_s
         self.missed = settings.beat_missed_runs
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        if not getattr(app.backend, "keeps_results", True):
+        coordinator = app.coordinator
+        if coordinator is None:
             raise ConfigurationError(
                 "beat keeps its leader lease and last runs in the result backend: "
                 "use redis:// or sqlite://, not rpc://"
             )
+        self.coordinator: Coordinator = coordinator
         self.entries = entries_of(app)
         self.leading = False
         self._next: dict[str, dt.datetime] = {}
@@ -105,7 +108,7 @@ class Beat:
         """One round; returns seconds until the next."""
         renew_s = self.lease_s / 3
         try:
-            leading = await self.app.backend.lease(LEADER_LEASE, self.holder, self.lease_s)
+            leading = await self.coordinator.lease(LEADER_LEASE, self.holder, self.lease_s)
             if leading and not self.leading:
                 log.info("beat: %s leads", self.holder)
                 await self._load()
@@ -127,7 +130,7 @@ class Beat:
         """The next run of each entry, from its last run (kept by whichever beat led)."""
         now = dt.datetime.now(dt.UTC)
         for entry in self.entries:
-            data = await self.app.backend.get(_last_run_key(entry.name))
+            data = await self.coordinator.fetch(_last_run_key(entry.name))
             if data is None:
                 self._next[entry.name] = entry.schedule.next_after(now)
             else:
@@ -153,9 +156,8 @@ class Beat:
                 await self._send(entry, missed)
             else:
                 log.warning("beat: %s missed %d run(s) while down; skipped", entry.name, missed + 1)
-            await self.app.backend.store(
-                [(_last_run_key(entry.name), msgspec.json.encode(latest.timestamp()))],
-                LAST_RUN_TTL_S,
+            await self.coordinator.put(
+                _last_run_key(entry.name), msgspec.json.encode(latest.timestamp()), LAST_RUN_TTL_S
             )
             self._next[entry.name] = following
 
@@ -174,7 +176,7 @@ class Beat:
 
     async def _release(self) -> None:
         try:
-            await self.app.backend.release(LEADER_LEASE, self.holder)
+            await self.coordinator.release(LEADER_LEASE, self.holder)
         except AiotqError as exc:
             log.warning("beat: could not give up the lease: %s", exc)
         self.leading = False

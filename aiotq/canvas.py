@@ -164,7 +164,8 @@ class _Canvas(Signature):
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
-        keeps = getattr(self._app().wiring.backend, "keeps_results", True)
+        replies = self._app().wiring.replies
+        keeps = replies is None or replies.keeps_results
         if not isinstance(self, group) and not keeps:
             raise TypeError(
                 f"a {self.kind} needs a result backend that keeps results (redis://, sqlite://),"

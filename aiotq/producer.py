@@ -26,7 +26,7 @@ from .routing import Topology, resolve_route
 from .settings import Config, Settings
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends.base import Coordinator, ReplyRouting, ResultStore
     from .brokers.base import Broker
 
 T = TypeVar("T")
@@ -47,8 +47,10 @@ class Wiring:
 
     settings: Settings
     broker: Broker
-    backend: Backend
+    backend: ResultStore
     topology: Topology
+    coordinator: Coordinator | None = None  # None with rpc://
+    replies: ReplyRouting | None = None  # rpc://: results go to the caller's own queue
 
 
 class Registered(Protocol):
@@ -110,9 +112,9 @@ class Producer:
         expires = opt.get("expires", task.expires if task else None)
         queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
         targets = wiring.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
-        reply_to = getattr(wiring.backend, "reply_to", None)  # rpc://: the caller's own queue
+        replies = wiring.replies
         message = Message(
-            reply_to=await reply_to() if reply_to is not None else None,
+            reply_to=await replies.reply_to() if replies is not None else None,
             id=task_id,
             task=name,
             args=list(args),

@@ -184,3 +184,16 @@ def test_rpc_backend_from_sync_code(amqp_url: str, workers: Start) -> None:
         assert app.tasks["e2e.mul"].delay(6, 7).get(timeout=10) == 42
     finally:
         app.close()
+
+
+async def test_a_worker_is_ready_only_once_its_consumer_is_subscribed(
+    amqp_url: str, redis_url: str
+) -> None:
+    app = build(amqp_url, redis_url)
+    async with run_worker(app):  # returns when the worker reports ready
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue("default", passive=True)
+            assert queue.declaration_result.consumer_count == 1
+    await app.aclose()

@@ -102,7 +102,8 @@ async def test_runs_missed_while_down_follow_the_policy(policy: str) -> None:
     app.conf.beat_schedule = {"tick": {"task": "beat.tick", "schedule": 1.0}}
     app.finalize()
     down_since = time.time() - 5.5  # the last run was 5.5 s ago: 5 runs were missed
-    await app.backend.store([("aiotq.beat.last:tick", msgspec.json.encode(down_since))], 60)
+    assert app.coordinator is not None
+    await app.coordinator.put("aiotq.beat.last:tick", msgspec.json.encode(down_since), 60)
     async with run_worker(app, beat=True):
         began = time.monotonic()
         await async_wait_for(lambda: len(ran) >= 1, 5)

@@ -3,6 +3,10 @@ follow-up, after its RETRY record is stored and before its message is acknowledg
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from aiotq import App, TaskError
 from aiotq.protocol import CODECS, Failure, ResultRecord, decode_record
 from aiotq.testing import run_worker
@@ -41,29 +45,22 @@ async def test_a_retry_that_cannot_be_published_is_dead_lettered_not_acked() -> 
     assert "its follow-up failed" in reason and "cannot be sent as json" in reason
 
 
-async def test_acks_late_false_acks_on_receipt_before_the_task_runs() -> None:
-    app = App("early", broker="memory://", backend="memory://")
-    seen: list[int] = []
+@pytest.mark.parametrize(("acks_late", "left"), [(False, 0), (True, 1)])
+async def test_the_ack_policy_decides_whether_a_cold_stop_loses_the_task(
+    acks_late: bool, left: int
+) -> None:
+    """acks_late=False acks on receipt, before the task runs: a task cut off by a cold stop
+    is gone (at most once). The default acks after the result is stored: it comes back."""
+    app = App("acks", broker="memory://", backend="memory://")
+    running = asyncio.Event()
 
-    @app.task(name="early.look", acks_late=False)
-    async def look() -> int:
-        seen.append(len(app.broker._unacked))  # type: ignore[attr-defined]
-        return 1
+    @app.task(name="acks.long", acks_late=acks_late)
+    async def long() -> None:
+        running.set()
+        await asyncio.sleep(30)
 
-    async with run_worker(app):
-        assert await (await look.send()).get(timeout=5) == 1
-    assert seen == [0]  # already acknowledged while it ran
-
-
-async def test_a_late_ack_happens_after_the_result_is_stored() -> None:
-    app = App("late", broker="memory://", backend="memory://")
-    seen: list[int] = []
-
-    @app.task(name="late.look")
-    async def look() -> int:
-        seen.append(len(app.broker._unacked))  # type: ignore[attr-defined]
-        return 2
-
-    async with run_worker(app):
-        assert await (await look.send()).get(timeout=5) == 2
-    assert seen == [1]  # still unacknowledged while it ran
+    async with run_worker(app) as worker:
+        await long.send()
+        await asyncio.wait_for(running.wait(), 5)
+        worker.stop(cold=True)
+    assert app.broker.pending_count("default") == left  # type: ignore[attr-defined]

@@ -1,15 +1,17 @@
-"""Result backends by URL scheme: one module and one line in SCHEMES each."""
+"""Result backends by URL scheme: one module and one line in SCHEMES each. (A broker that keeps
+no results names its default backend in its own line of brokers/__init__.py's SCHEMES.)"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from ..urls import choose
+from .base import Coordinator
 
 if TYPE_CHECKING:
     from ..brokers.base import Broker
     from ..settings import Settings
-    from .base import Backend
+    from .base import ResultStore
 
 
 def _memory(url: str, settings: Settings, broker: Broker) -> Any:
@@ -51,6 +53,14 @@ SCHEMES = {
 }
 
 
-def make_backend(url: str, settings: Settings, broker: Broker) -> Backend:
-    backend: Backend = choose(url, SCHEMES, "result backend", settings, broker)
-    return backend
+def make_backend(url: str, settings: Settings, broker: Broker) -> ResultStore:
+    """The result store of `url`; also the app's coordinator where it is one
+    (`make_coordinator`): every store but rpc://'s."""
+    store: ResultStore = choose(url, SCHEMES, "result backend", settings, broker)
+    return store
+
+
+def make_coordinator(store: ResultStore) -> Coordinator | None:
+    """The coordinator that goes with a result store: the store itself, when it is one. None
+    for rpc://, which keeps nothing: what needs one (chords, beat) refuses it, saying so."""
+    return store if isinstance(store, Coordinator) else None

@@ -1,21 +1,35 @@
-"""The result Backend contract. Backends store opaque bytes; the result layer encodes."""
+"""The contracts of the stores behind the tasks: one job per protocol.
+
+- `ResultStore` keeps results: opaque bytes per task id, with a TTL, that waiters can watch
+  (the result layer encodes and decodes).
+- `Coordinator` keeps what processes agree on: atomic counters (chords), leases (beat's
+  leader) and a small key-value with a TTL (worker presence, durable revokes), in a key space
+  of its own, so a key never meets a result of the same name.
+- `ReplyRouting` is rpc://'s extra: results travel to the caller's own queue instead of
+  being kept. Checked once, with `reply_routing()`, never looked up by attribute name.
+
+`Backend` is a class that is both a ResultStore and a Coordinator (memory://, sqlite://,
+redis://); the name stays so that existing imports keep working while callers move to the
+two protocols. rpc:// is a ResultStore only: it has no Coordinator (`make_coordinator()`
+returns None for it).
+
+One object may serve several event loops (a worker's and the sync portal's), so whatever an
+implementation holds per loop (clients, listeners, inboxes) lives in an `aiotq._loops.PerLoop`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
-class Backend(Protocol):
-    """Optional, for rpc://: `keeps_results = False`, `async reply_to() -> str` (the producer
-    names its reply queue in each message) and `expect_reply(task_id, reply_to)` (the worker
-    notes where a task's states go)."""
-
+class ResultStore(Protocol):
     url: str
 
     async def connect(self) -> None: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close this loop's clients; idempotent."""
 
     async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         """Store each (task_id, data) with a TTL and wake its watchers; one round trip."""
@@ -29,14 +43,58 @@ class Backend(Protocol):
 
     async def forget(self, task_id: str) -> None: ...
 
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """Atomic across processes. TTLs are in seconds and start again at each write."""
+
     async def incr(self, key: str, ttl_s: float) -> int:
         """Atomic counter (chords): add one, set the TTL, return the new value."""
         ...
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or renew a named lease for `ttl_s` (beat's leader): True when `holder` has it,
-        False while another holder's lease runs. Atomic across processes."""
+        False while another holder's lease runs."""
         ...
 
     async def release(self, name: str, holder: str) -> None:
         """Give the lease up now if `holder` has it, so another can take it at once."""
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Set `key` to `value` until `ttl_s` from now (replacing any value and TTL)."""
+
+    async def fetch(self, key: str) -> bytes | None:
+        """The value of `key`, or None when it was never put, was deleted or expired."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        """Every live key starting with `prefix`, with its value: for small sets (worker
+        presence, revokes), not for a million keys."""
+        ...
+
+
+class Backend(ResultStore, Coordinator, Protocol):
+    """Both protocols in one object, as memory://, sqlite:// and redis:// are."""
+
+
+@runtime_checkable
+class ReplyRouting(Protocol):
+    """rpc://: the producer names its reply queue in each message it sends, the worker notes
+    where a task's states go, and nothing is kept for anyone else (`keeps_results` False:
+    chains, chords and beat need a store that keeps results)."""
+
+    keeps_results: bool
+
+    async def reply_to(self) -> str:
+        """This process's and loop's reply queue, for the message's `reply_to`."""
+        ...
+
+    def expect_reply(self, task_id: str, reply_to: str) -> None:
+        """The worker received a message naming its caller's queue."""
+
+
+def reply_routing(store: ResultStore) -> ReplyRouting | None:
+    """The store's reply routing, if it has one: check once (e.g. when the App is built)."""
+    return store if isinstance(store, ReplyRouting) else None

@@ -1,4 +1,6 @@
-"""In-process result backend: TTLs, watchers woken on their own loop, atomic counters."""
+"""In-process result backend and coordinator: TTLs, watchers woken on their own loop, atomic
+counters, leases and a key-value, each in a dict of its own. One lock, since the sync portal's
+loop and a worker's may share the object."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ class MemoryBackend:
         self._data: dict[str, tuple[bytes, float]] = {}
         self._counters: dict[str, tuple[int, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._values: dict[str, tuple[bytes, float]] = {}  # the coordinator's key-value
         self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
 
     async def connect(self) -> None:
@@ -86,3 +89,28 @@ class MemoryBackend:
         with self._lock:
             if self._leases.get(name, ("", 0.0))[0] == holder:
                 del self._leases[name]
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        with self._lock:
+            self._values[key] = (value, time.monotonic() + ttl_s)
+
+    async def fetch(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._values.get(key)
+            if entry is None:
+                return None
+            if entry[1] < time.monotonic():
+                del self._values[key]
+                return None
+            return entry[0]
+
+    async def delete(self, key: str) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, (_, expires) in self._values.items() if expires < now]:
+                del self._values[key]  # expired ones go here, so presence churn cannot grow it
+            return {k: v for k, (v, _) in self._values.items() if k.startswith(prefix)}

@@ -1,8 +1,11 @@
-"""Redis result backend: SET with a TTL, then PUBLISH the same bytes on the task's channel.
+"""Redis result backend and coordinator. A result is SET with a TTL, then the same bytes are
+PUBLISHed on the task's channel. The keys, each kind under its own prefix:
 
     aiotq:result:<task_id>    the encoded ResultRecord (expires after result_expires_s)
     aiotq:result:<task_id>    also the pub/sub channel a store announces on
     aiotq:counter:<key>       chord / group counters (INCR + EXPIRE)
+    aiotq:lease:<name>        a lease's holder (SET PX, taken and given up by LEASE / RELEASE)
+    aiotq:kv:<key>            the coordinator's key-value (SET PX / GET / DEL, SCAN by prefix)
 
 A waiter reads the key first: a task already finished costs one GET and no subscription
 (a producer collecting many results mostly finds them there). Otherwise it subscribes, then
@@ -18,6 +21,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from .._backoff import Backoff
+from .._loops import PerLoop
 from .._redis import CONNECTION_ERRORS, LoopClients
 from ..exceptions import BackendConnectionError
 from ..urls import mask_password
@@ -42,6 +47,14 @@ return 0
 
 def result_key(task_id: str) -> str:
     return f"aiotq:result:{task_id}"
+
+
+KV_PREFIX = "aiotq:kv:"
+
+
+def _glob_escaped(text: str) -> str:
+    """`text` matched literally by SCAN's MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 class _Listener:
@@ -113,7 +126,7 @@ class _Listener:
     async def _reconnect(self) -> None:
         """A fresh pub/sub connection, subscribed again and confirmed, then every watched key
         re-read, so no store made while we were away is missed. Retried until it works."""
-        delay = 0.1
+        backoff = Backoff(initial=0.1)
         while True:
             old, self._pubsub = self._pubsub, self._client.pubsub()
             with contextlib.suppress(Exception):
@@ -138,11 +151,11 @@ class _Listener:
                                 inbox.put_nowait(data)
                 return
             except CONNECTION_ERRORS as exc:  # TimeoutError is an OSError
+                delay = backoff.delay()
                 log.warning(
                     "result listener could not resubscribe (%s); retry in %.1fs", exc, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def aclose(self) -> None:
         if self._reader is not None:
@@ -166,7 +179,7 @@ class RedisBackend:
     ) -> None:
         self.url = url
         self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
-        self._listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
+        self._listeners = PerLoop(lambda: _Listener(self._clients))
 
     def __repr__(self) -> str:
         return f"RedisBackend({mask_password(self.url)!r})"
@@ -176,7 +189,7 @@ class RedisBackend:
             await self._clients.get().ping()
 
     async def aclose(self) -> None:
-        listener = self._listeners.pop(asyncio.get_running_loop(), None)
+        listener = self._listeners.pop()
         if listener is not None:
             await listener.aclose()
         await self._clients.aclose()
@@ -200,10 +213,7 @@ class RedisBackend:
         current = await self._get_retrying(task_id)
         if current is not None:
             yield current  # usually final: the caller stops here, never subscribed
-        loop = asyncio.get_running_loop()
-        listener = self._listeners.get(loop)
-        if listener is None:
-            listener = self._listeners[loop] = _Listener(self._clients)
+        listener = self._listeners.get()
         channel = result_key(task_id)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         try:
@@ -219,14 +229,13 @@ class RedisBackend:
 
     async def _get_retrying(self, task_id: str) -> bytes | None:
         """A transient error never fails a wait: the caller's timeout bounds it."""
-        delay = 0.05
+        backoff = Backoff(cap=1.0)
         while True:
             try:
                 return await self.get(task_id)
             except BackendConnectionError as exc:
                 log.warning("result read failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.sleep()
 
     async def forget(self, task_id: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
@@ -250,3 +259,29 @@ class RedisBackend:
     async def release(self, name: str, holder: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().eval(RELEASE, 1, f"aiotq:lease:{name}", holder)
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        async with self._clients.guarded(BackendConnectionError):
+            await self._clients.get().set(KV_PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
+
+    async def fetch(self, key: str) -> bytes | None:
+        async with self._clients.guarded(BackendConnectionError):
+            value: Any = await self._clients.get().get(KV_PREFIX + key)
+        return value
+
+    async def delete(self, key: str) -> None:
+        async with self._clients.guarded(BackendConnectionError):
+            await self._clients.get().delete(KV_PREFIX + key)
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        client = self._clients.get()
+        async with self._clients.guarded(BackendConnectionError):
+            match = _glob_escaped(KV_PREFIX + prefix) + "*"
+            keys = [key async for key in client.scan_iter(match=match, count=1000)]
+            values: list[Any] = await client.mget(keys) if keys else []
+        start = len(KV_PREFIX)
+        return {  # a key that expired between SCAN and MGET is left out
+            key.decode()[start:]: value
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        }

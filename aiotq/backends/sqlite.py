@@ -1,4 +1,5 @@
-"""SQLite result backend: results with expiry, watchers woken by a doorbell, atomic counters.
+"""SQLite result backend and coordinator: results with expiry, watchers woken by a doorbell,
+atomic counters, leases and a key-value (table `kv`, apart from the results).
 
 One hub per event loop watches every task id its waiters care about: when a worker in any
 process stores results it rings the "results" doorbell, and the hub reads all watched ids in
@@ -12,16 +13,17 @@ import contextlib
 import logging
 import sqlite3
 import time
-import weakref
 from collections.abc import AsyncIterator, Sequence
 
+from .._backoff import Backoff
+from .._loops import PerLoop
 from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import AiotqError, BackendError, BackendUnavailable
 
 log = logging.getLogger("aiotq.backend")
 
 RECHECK_S = 5.0  # a waiter's safety net against a lost ring
-SWEEP_EVERY_S = 60.0  # expired results and counters are deleted at most this often
+SWEEP_EVERY_S = 60.0  # expired results, counters and values are deleted at most this often
 CHUNK = 500  # ids per IN (...) query
 
 
@@ -29,14 +31,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _sweep(connection: sqlite3.Connection, now_ms: int) -> None:
+    for table in ("results", "counters", "kv"):
+        connection.execute(f"DELETE FROM {table} WHERE expires_ms < ?", (now_ms,))
+
+
 class SqliteBackend:
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
         self._db = Database(url, busy_timeout_s, (BackendUnavailable, BackendError))
         self._bell = Doorbell(self._db.path, "results")
-        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._hubs = PerLoop(lambda: _Hub(self._db, self._bell.listen()))
         self._swept_at = 0.0
 
     def __repr__(self) -> str:
@@ -46,16 +51,20 @@ class SqliteBackend:
         await self._db.run(lambda connection: None)
 
     async def aclose(self) -> None:
-        hub = self._hubs.pop(asyncio.get_running_loop(), None)
+        hub = self._hubs.pop()
         if hub is not None:
             await hub.aclose()
         await self._db.aclose()
         self._bell.close()
 
-    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
-        sweep = time.monotonic() - self._swept_at > SWEEP_EVERY_S
-        if sweep:
+    def _sweep_due(self) -> bool:
+        due = time.monotonic() - self._swept_at > SWEEP_EVERY_S
+        if due:
             self._swept_at = time.monotonic()
+        return due
+
+    async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        sweep = self._sweep_due()
 
         def write(connection: sqlite3.Connection) -> None:
             now = _now_ms()
@@ -69,8 +78,7 @@ class SqliteBackend:
                     [(task_id, data, time.time_ns(), expires) for task_id, data in items],
                 )
                 if sweep:
-                    connection.execute("DELETE FROM results WHERE expires_ms < ?", (now,))
-                    connection.execute("DELETE FROM counters WHERE expires_ms < ?", (now,))
+                    _sweep(connection, now)
             self._bell.ring()
 
         await self._db.run(write)
@@ -86,10 +94,7 @@ class SqliteBackend:
         return await self._db.run(read)
 
     async def watch(self, task_id: str) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        hub = self._hubs.get(loop)
-        if hub is None:
-            hub = self._hubs[loop] = _Hub(self._db, self._bell.listen())
+        hub = self._hubs.get()
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         hub.add(task_id, inbox)
         try:
@@ -144,6 +149,46 @@ class SqliteBackend:
             )
         )
 
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        sweep = self._sweep_due()  # presence records come and go without any result stored
+
+        def write(connection: sqlite3.Connection) -> None:
+            now = _now_ms()
+            with transaction(connection):
+                connection.execute(
+                    "INSERT INTO kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key)"
+                    " DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
+                    (key, value, now + int(ttl_s * 1000)),
+                )
+                if sweep:
+                    _sweep(connection, now)
+
+        await self._db.run(write)
+
+    async def fetch(self, key: str) -> bytes | None:
+        def read(connection: sqlite3.Connection) -> bytes | None:
+            row = connection.execute(
+                "SELECT value FROM kv WHERE key = ? AND expires_ms > ?", (key, _now_ms())
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._db.run(read)
+
+    async def delete(self, key: str) -> None:
+        await self._db.run(
+            lambda connection: connection.execute("DELETE FROM kv WHERE key = ?", (key,))
+        )
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        def read(connection: sqlite3.Connection) -> dict[str, bytes]:
+            rows = connection.execute(  # substr, not LIKE: a prefix may hold % or _
+                "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? AND expires_ms > ?",
+                (len(prefix), prefix, _now_ms()),
+            ).fetchall()
+            return {key: bytes(value) for key, value in rows}
+
+        return await self._db.run(read)
+
 
 class _Hub:
     """Reads the watched ids when rung (or on a slow safety timer) and feeds their inboxes."""
@@ -166,14 +211,16 @@ class _Hub:
                 del self._watched[task_id]
 
     async def _run(self) -> None:
+        backoff = Backoff(initial=0.5, cap=5.0)
         while True:
             self._listener.arm()
             try:
                 await self._deliver()
             except AiotqError as exc:  # e.g. locked past the busy timeout: try again
                 log.warning("reading results failed, retrying: %s", exc)
-                await asyncio.sleep(0.5)
+                await backoff.sleep()
                 continue
+            backoff.reset()
             await self._listener.wait(RECHECK_S if self._watched else 3600.0)
 
     async def _deliver(self) -> None:

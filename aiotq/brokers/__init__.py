@@ -5,9 +5,10 @@ Imported lazily, so `memory://` needs neither redis nor aio-pika at import time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..urls import choose
+from ..urls import choose, scheme_of
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -56,17 +57,31 @@ def _amqp(url: str, settings: Settings) -> Any:
     )
 
 
+class Scheme(NamedTuple):
+    make: Callable[[str, Settings], Any]
+    # the result backend when none is configured; None: the broker keeps results itself,
+    # at its own URL. RabbitMQ keeps none: replies go to the caller's own queue.
+    results: str | None = None
+
+
 SCHEMES = {
-    "memory": _memory,
-    "amqp": _amqp,
-    "amqps": _amqp,
-    "sqlite": _sqlite,
-    "redis": _redis,
-    "rediss": _redis,
-    "redis+socket": _redis,
+    "memory": Scheme(_memory),
+    "amqp": Scheme(_amqp, results="rpc://"),
+    "amqps": Scheme(_amqp, results="rpc://"),
+    "sqlite": Scheme(_sqlite),
+    "redis": Scheme(_redis),
+    "rediss": Scheme(_redis),
+    "redis+socket": Scheme(_redis),
 }
 
 
 def make_broker(url: str, settings: Settings) -> Broker:
-    broker: Broker = choose(url, SCHEMES, "broker", settings)
+    factories = {name: scheme.make for name, scheme in SCHEMES.items()}
+    broker: Broker = choose(url, factories, "broker", settings)
     return broker
+
+
+def default_backend_url(broker_url: str) -> str:
+    """The result backend of a broker URL when none is configured."""
+    scheme = SCHEMES.get(scheme_of(broker_url))
+    return scheme.results if scheme is not None and scheme.results else broker_url

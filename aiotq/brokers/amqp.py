@@ -24,9 +24,8 @@ import itertools
 import logging
 import math
 import time
-import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,9 +34,11 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from .._backoff import Backoff
+from .._loops import PerLoop
 from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
-from .base import InWindow, Prefetch
+from .base import Consumer, Delivery, ack_many
 
 log = logging.getLogger("aiotq.broker")
 
@@ -73,82 +74,80 @@ def delay_key(seconds: int, queue: str) -> str:
     return f"{bits}.{queue}"
 
 
-@dataclass(eq=False)
-class AmqpDelivery(InWindow):
-    body: bytes
-    headers: Mapping[str, str]
-    queue: str
-    redelivered: bool
-    delivery_count: int
-    _message: AbstractIncomingMessage
-    _broker: AmqpBroker
-    _state: _Consuming | None = None
-    _settled: bool = False
-    handed_out: bool = False
-    _window: Prefetch | None = None
+def _headers_of(message: AbstractIncomingMessage) -> dict[str, str]:
+    headers = {
+        key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        for key, value in (message.headers or {}).items()
+    }
+    if "content-type" not in headers and message.content_type:
+        headers["content-type"] = message.content_type
+    return headers
 
-    async def ack(self) -> None:
-        if not self._settled:
-            await self._settle(self._message.ack())
 
-    async def reject(self, requeue: bool, reason: str | None = None) -> None:
-        if self._settled:
-            return
+def _count(headers: Mapping[str, str]) -> int:
+    """This delivery's number: the copies' count before it (classic), or the returns."""
+    return 1 + _number(headers.get(DELIVERED)) + _number(headers.get(RETURNS))
+
+
+def _delivery(message: AbstractIncomingMessage, queue: str, consumer: Consumer[Any]) -> Delivery:
+    headers = _headers_of(message)
+    count = _count(headers)
+    redelivered = bool(message.redelivered) or REQUEUED in headers or count > 1
+    return Delivery(message.body, headers, queue, redelivered, count, message, consumer)
+
+
+class _Subscription:
+    """The primitives of one consume() call: its channel (whose QoS is RabbitMQ's side of
+    the window) and what arrived per queue, handed out taking the queues in turn (fair).
+    A delivery's token is its aio-pika message."""
+
+    def __init__(
+        self, broker: AmqpBroker, link: _Link, channel: AbstractChannel, queues: Sequence[str]
+    ) -> None:
+        self.broker = broker
+        self.link = link
+        self.channel = channel
+        self.buffers: dict[str, deque[Delivery]] = {name: deque() for name in queues}
+        self.turn = itertools.cycle(queues)
+        self.arrived = asyncio.Event()
+
+    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
+        got: list[Delivery] = []
+        while len(got) < room:
+            for _ in range(len(self.buffers)):
+                buffer = self.buffers[next(self.turn)]
+                if buffer:
+                    got.append(buffer.popleft())
+                    break
+            else:
+                break  # every buffer empty
+        if not got:
+            self.arrived.clear()
+            await self.arrived.wait()
+        return got
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self._confirm(delivery, delivery.token.ack())
+
+    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
         if not requeue:  # the reason travels with it, so dead-letter it ourselves
-            headers = {**self.headers, REASON: reason or "rejected"}
-            await self._broker._publish_raw(f"{self.queue}.dead", self.body, headers, None)
-        await self._settle(self._message.reject(requeue=requeue))
+            headers = {**delivery.headers, REASON: reason}
+            await self.broker._publish_raw(f"{delivery.queue}.dead", delivery.body, headers, None)
+        await self._confirm(delivery, delivery.token.reject(requeue=requeue))
 
-    async def _settle(self, operation: Any) -> None:
-        self._settled = True
+    async def _confirm(self, delivery: Delivery, operation: Any) -> None:
         try:
             await operation
         except SETTLE_ERRORS as exc:  # its channel is gone: RabbitMQ delivers it again
             log.warning("could not settle %s (%s); RabbitMQ will redeliver it",
-                        self.headers.get("id", "?"), exc)  # fmt: skip
-        self.finished()
-        if self._state is not None and self.handed_out:
-            await self._state.settled()
+                        delivery.headers.get("id", "?"), exc)  # fmt: skip
 
-
-@dataclass(eq=False)
-class _Consuming:
-    """One consume() call: its channel, what arrived per queue, its prefetch window and how
-    many are handed out and unsettled (the channel closes when that reaches 0 at the end)."""
-
-    channel: AbstractChannel
-    buffers: dict[str, deque[AmqpDelivery]]
-    prefetch: int
-    outstanding: int = 0
-    closing: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    window: Prefetch = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.window = Prefetch(self.prefetch, self.changed.set)
-
-    def take(self, turn: Iterator[str], queues: int) -> AmqpDelivery | None:
-        if self.window.free() <= 0:
-            return None
-        for _ in range(queues):
-            buffer = self.buffers[next(turn)]
-            if buffer:
-                delivery = buffer.popleft()
-                delivery.handed_out = True
-                delivery._window = self.window.take()
-                self.outstanding += 1
-                return delivery
-        return None
-
-    async def settled(self) -> None:
-        self.outstanding -= 1
-        self.changed.set()
-        await self.close_if_idle()
-
-    async def close_if_idle(self) -> None:
-        """After consume() ended and the last handed-out delivery settled: close the channel,
+    async def drained(self, consumer: Consumer[Any]) -> None:
+        """The last handed-out delivery settled after consuming ended: close the channel,
         so anything RabbitMQ still had in flight to it goes back at once."""
-        if self.closing and self.outstanding == 0 and not self.channel.is_closed:
+        self.link.consumers.discard(consumer)
+        if not self.channel.is_closed:
             with contextlib.suppress(*SETTLE_ERRORS):
                 await self.channel.close()
 
@@ -161,7 +160,7 @@ class _Link:
     channel: AbstractChannel
     declared: set[str] = field(default_factory=set)
     delays_declared: bool = False
-    consumers: list[AbstractChannel] = field(default_factory=list)
+    consumers: set[Consumer[_Subscription]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -180,28 +179,24 @@ class AmqpBroker:
         self.publish_retry_s = publish_retry_s
         self.queue_type = queue_type
         self.queue_arguments = dict(queue_arguments or {})
-        self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._linking: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
+        self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
 
     def __repr__(self) -> str:
         return f"AmqpBroker({mask_password(self.url)!r})"
 
     # -- connection ---------------------------------------------------------------------------
     async def _link(self) -> _Link:
-        loop = asyncio.get_running_loop()
-        link = self._links.get(loop)
+        link = self._links.peek()
         if link is not None:
             return link
         # Concurrent first calls (a burst of first sends) wait for one connection instead of
         # each opening its own (a thousand of them, never closed, stalled every send).
-        async with self._linking.setdefault(loop, asyncio.Lock()):
-            link = self._links.get(loop)
+        async with self._linking.get():
+            link = self._links.peek()
             if link is None:
-                link = self._links[loop] = await self._open()
+                link = await self._open()
+                self._links.set(link)
         return link
 
     async def _open(self) -> _Link:
@@ -241,11 +236,11 @@ class AmqpBroker:
         await self._link()
 
     async def aclose(self) -> None:
-        link = self._links.pop(asyncio.get_running_loop(), None)
+        link = self._links.pop()
         if link is not None:
-            for channel in link.consumers:  # unacknowledged deliveries go back
+            for consumer in list(link.consumers):  # unacknowledged deliveries go back
                 with contextlib.suppress(*SETTLE_ERRORS):
-                    await channel.close()
+                    await consumer.primitives.channel.close()
             with contextlib.suppress(*SETTLE_ERRORS):
                 await link.connection.close()
 
@@ -343,7 +338,7 @@ class AmqpBroker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         deadline = time.monotonic() + self.publish_retry_s
-        backoff = 0.05
+        backoff: Backoff | None = None  # made on the first failure: not on the hot path
         while True:
             try:
                 link = await self._link()
@@ -361,28 +356,36 @@ class AmqpBroker:
             except aio_pika.exceptions.DeliveryError as exc:
                 raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
             except (*CONNECTION_ERRORS, BrokerConnectionError) as exc:
-                if time.monotonic() + backoff > deadline:
+                backoff = backoff or Backoff(initial=0.05, cap=1.0)
+                left = deadline - time.monotonic()  # retried for the whole bound, no less
+                if left <= 0:
                     raise BrokerConnectionError(
                         f"cannot publish to RabbitMQ at {mask_password(self.url)} "
                         f"(gave up after {self.publish_retry_s:g}s): {exc}"
                     ) from exc
-                await asyncio.sleep(backoff)  # the robust connection reconnects meanwhile
-                backoff = min(backoff * 2, 1.0)
+                # the robust connection reconnects meanwhile
+                await asyncio.sleep(min(backoff.delay(), left))
 
-    async def ack_many(self, deliveries: Sequence[AmqpDelivery]) -> None:
-        for delivery in deliveries:
-            await delivery.ack()
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_many(deliveries)  # one basic.ack per message: AMQP has no batch by tag set
 
     # -- consuming ----------------------------------------------------------------------------
-    async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[AmqpDelivery]:
+    async def consume(
+        self,
+        queues: Sequence[str],
+        prefetch: int,
+        on_ready: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Delivery]:
         """Each queue has its own consumer with up to `prefetch` unacknowledged in RabbitMQ's
         hands; this hands out at most `prefetch` unfinished in all, taking the queues in turn
         (fair)."""
         link = await self._link()
         channel = await link.connection.channel(publisher_confirms=False)
-        link.consumers.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
-        state = _Consuming(channel, {name: deque() for name in queues}, prefetch)
+        subscription = _Subscription(self, link, channel, queues)
+        consumer = Consumer(subscription, prefetch, on_ready)
+        link.consumers.add(consumer)
+        buffers, arrived = subscription.buffers, subscription.arrived
         tags, ready = [], set()
         for name in queues:
             queue = await self._declare_queue(channel, name)
@@ -393,54 +396,38 @@ class AmqpBroker:
                 if message.redelivered and self.queue_type != "quorum":
                     await self._count_again(message, name)
                     return
-                state.buffers[name].append(self._delivery(message, name, state))
-                state.changed.set()
+                buffers[name].append(_delivery(message, name, consumer))
+                arrived.set()
 
             tags.append((queue, await queue.consume(on_message, no_ack=False)))
-        turn = itertools.cycle(queues)
         # Fair from the first message: queues that had messages waiting get a moment to
         # deliver before the first one's burst is handed out (RabbitMQ starts them apart).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
-                while any(not state.buffers[name] for name in ready):
-                    state.changed.clear()
-                    await state.changed.wait()
+                while any(not buffers[name] for name in ready):
+                    arrived.clear()
+                    await arrived.wait()
+        deliveries = consumer.deliveries()
         try:
-            while True:
-                delivery = state.take(turn, len(queues))
-                if delivery is None:
-                    state.changed.clear()
-                    await state.changed.wait()
-                    continue
+            async for delivery in deliveries:
                 yield delivery
         finally:
-            for queue, tag in tags:  # no new deliveries; handed-out ones stay valid
-                with contextlib.suppress(*SETTLE_ERRORS):
-                    await queue.cancel(tag)
-            state.closing = True
-            for buffer in state.buffers.values():
-                while buffer:
-                    await buffer.popleft().reject(requeue=True)
-            await state.close_if_idle()
-
-    def _delivery(
-        self, message: AbstractIncomingMessage, queue: str, state: _Consuming | None = None
-    ) -> AmqpDelivery:
-        headers = {
-            key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            for key, value in (message.headers or {}).items()
-        }
-        if "content-type" not in headers and message.content_type:
-            headers["content-type"] = message.content_type
-        count = 1 + _number(headers.get(DELIVERED)) + _number(headers.get(RETURNS))
-        redelivered = bool(message.redelivered) or REQUEUED in headers or count > 1
-        return AmqpDelivery(message.body, headers, queue, redelivered, count, message, self, state)
+            # Not once drained (a cancelled fetch ends the hand-out loop first): the closed
+            # channel gave everything back.
+            if not channel.is_closed:
+                for queue, tag in tags:  # no new deliveries; handed-out ones stay valid
+                    with contextlib.suppress(*SETTLE_ERRORS):
+                        await queue.cancel(tag)
+                for buffer in buffers.values():  # arrived, not fetched: back now
+                    while buffer:
+                        await subscription.settle(buffer.popleft(), True, "given back")
+            await deliveries.aclose()  # gives back what was fetched, closes once drained
 
     async def _count_again(self, message: AbstractIncomingMessage, queue: str) -> None:
         """A classic queue's redelivery: publish a copy that carries the delivery count, then
         ack this one (a copy twice, if we die in between: at least once, as ever)."""
-        delivery = self._delivery(message, queue)
-        headers = {**delivery.headers, DELIVERED: str(delivery.delivery_count)}
+        headers = _headers_of(message)
+        headers[DELIVERED] = str(_count(headers))
         try:
             await self._publish_raw(queue, message.body, headers, message.priority)
             await message.ack()
@@ -486,8 +473,7 @@ class AmqpBroker:
                 message = await dead.get(no_ack=False, fail=False)
                 if message is None:
                     break
-                delivery = self._delivery(message, queue)
-                headers = {k: v for k, v in delivery.headers.items() if k != REASON}
+                headers = {k: v for k, v in _headers_of(message).items() if k != REASON}
                 headers[REQUEUED] = "1"
                 await self._publish_raw(queue, message.body, headers, message.priority)
                 await message.ack()
@@ -495,3 +481,15 @@ class AmqpBroker:
         finally:
             await channel.close()
         return moved
+
+    # -- for what rides on the broker's connection (rpc://) -----------------------------------
+    async def open_channel(self) -> AbstractChannel:
+        """A new channel on this loop's connection, with publisher confirms (a mandatory
+        message no queue takes raises DeliveryError). The caller closes it; aio-pika restores
+        it, with its queues and consumers, after a reconnect."""
+        link = await self._link()
+        try:
+            return await link.connection.channel(publisher_confirms=True, on_return_raises=True)
+        except CONNECTION_ERRORS as exc:
+            where = mask_password(self.url)
+            raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc

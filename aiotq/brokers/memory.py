@@ -9,59 +9,59 @@ a worker loop can share one instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
-from .base import InWindow, Prefetch
+from .base import Consumer, Delivery, ack_many
 
 Item = tuple[bytes, dict[str, str], int]  # body, headers, times handed out before
 
 
-@dataclass(slots=True, eq=False)
-class MemoryDelivery(InWindow):
-    body: bytes
-    headers: Mapping[str, str]
-    queue: str
-    redelivered: bool
-    delivery_count: int
-    _broker: MemoryBroker
-    _consumer: _Consumer
-    _settled: bool = False
-    _window: Prefetch | None = None
+class _Queues:
+    """The primitives of one consume() call: its queues taken in turn (fair), and the
+    waiter a publish from any thread resolves on this consumer's loop."""
 
-    async def ack(self) -> None:
-        self._settle()
-
-    async def reject(self, requeue: bool, reason: str | None = None) -> None:
-        if self._settle():
-            self._broker._return(self, requeue, reason or "rejected")
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        self._settled = True
-        self.finished()
-        self._consumer.unacked.discard(self)
-        self._broker._unacked.discard(self)
-        self._broker._wake_all()
-        return True
-
-
-@dataclass(eq=False)
-class _Consumer:
-    loop: asyncio.AbstractEventLoop
-    unacked: set[MemoryDelivery] = field(default_factory=set)
-    waiter: asyncio.Future[None] | None = None
-    window: Prefetch = field(default_factory=lambda: Prefetch(0, lambda: None))
+    def __init__(self, broker: MemoryBroker, queues: Sequence[str]) -> None:
+        self.broker = broker
+        self.queues = list(queues)
+        self.turn = itertools.cycle(range(len(self.queues)))
+        self.loop = asyncio.get_running_loop()
+        self.waiter: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             self.loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
+        got, wait_s = self.broker._take(self, consumer, room)
+        if got:
+            return got
+        self.waiter = self.loop.create_future()
+        try:
+            # a publish between the take and here is not missed: re-check under the waiter
+            got, wait_s = self.broker._take(self, consumer, room)
+            if not got:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.waiter
+        finally:
+            self.waiter = None
+        return got
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        return None  # taken out of its queue when handed out: nothing left to forget
+
+    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
+        self.broker._return(delivery, requeue, reason)
+
+    async def drained(self, consumer: Consumer[Any]) -> None:
+        self.broker._consumers.discard(consumer)
 
 
 class MemoryBroker:
@@ -72,16 +72,15 @@ class MemoryBroker:
         self._ready: dict[str, list[tuple[int, int, Item]]] = {}
         self._delayed: list[tuple[float, int, str, int, Item]] = []
         self._dead: dict[str, list[tuple[bytes, str]]] = {}
-        self._consumers: set[_Consumer] = set()
-        self._unacked: set[MemoryDelivery] = set()
+        self._consumers: set[Consumer[_Queues]] = set()  # consuming, or holding deliveries
 
     async def connect(self) -> None:
         return None
 
     async def aclose(self) -> None:
         """Like an AMQP channel closing: every unacknowledged delivery goes back."""
-        for delivery in list(self._unacked):
-            await delivery.reject(requeue=True)
+        for consumer in list(self._consumers):
+            await consumer.return_held()
 
     async def declare(self, queues: Sequence[str]) -> None:
         with self._lock:
@@ -117,15 +116,14 @@ class MemoryBroker:
             self._put(queue, item, priority)
         return self._delayed[0][0] - now if self._delayed else None
 
-    async def ack_many(self, deliveries: Sequence[MemoryDelivery]) -> None:
-        for delivery in deliveries:
-            await delivery.ack()
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_many(deliveries)
 
     def _wake_all(self) -> None:
         for consumer in list(self._consumers):
-            consumer.wake()
+            consumer.primitives.wake()
 
-    def _return(self, delivery: MemoryDelivery, requeue: bool, reason: str) -> None:
+    def _return(self, delivery: Delivery, requeue: bool, reason: str) -> None:
         with self._lock:
             if requeue:
                 priority = int(delivery.headers.get("priority") or 0)
@@ -135,59 +133,40 @@ class MemoryBroker:
                 self._dead.setdefault(delivery.queue, []).append((delivery.body, reason))
         self._wake_all()
 
-    async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[MemoryDelivery]:
-        consumer = _Consumer(asyncio.get_running_loop())
-        consumer.window = Prefetch(prefetch, consumer.wake)
-        self._consumers.add(consumer)
-        turn = itertools.cycle(range(len(queues)))  # fair between queues
-        try:
-            while True:
-                delivery, wait_s = self._take(consumer, queues, turn)
-                if delivery is not None:
-                    yield delivery
-                    continue
-                consumer.waiter = consumer.loop.create_future()
-                # a publish between _take and here is not missed: re-check once under the waiter
-                delivery, wait_s = self._take(consumer, queues, turn)
-                if delivery is not None:
-                    consumer.waiter = None
-                    yield delivery
-                    continue
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await consumer.waiter
-                except TimeoutError:
-                    pass
-                finally:
-                    consumer.waiter = None
-        finally:
-            # Deliveries already handed out stay valid: the caller settles them (a warm
-            # shutdown lets them finish); aclose() returns whatever is left unsettled.
-            self._consumers.discard(consumer)
+    async def consume(
+        self,
+        queues: Sequence[str],
+        prefetch: int,
+        on_ready: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Delivery]:
+        consumer = Consumer(_Queues(self, queues), prefetch, on_ready)
+        self._consumers.add(consumer)  # until drained: aclose() returns what it holds
+        async with contextlib.aclosing(consumer.deliveries()) as deliveries:
+            async for delivery in deliveries:
+                yield delivery
 
     def _take(
-        self,
-        consumer: _Consumer,
-        queues: Sequence[str],
-        turn: itertools.cycle[int],
-    ) -> tuple[MemoryDelivery | None, float | None]:
+        self, queues: _Queues, consumer: Consumer[Any], room: int
+    ) -> tuple[list[Delivery], float | None]:
+        """Up to `room` ready messages, the queues taken in turn; else seconds to wait."""
         with self._lock:
             wait_s = self._move_due()
-            if consumer.window.free() <= 0:
-                return None, wait_s
-            for _ in range(len(queues)):
-                queue = queues[next(turn)]
-                ready = self._ready.get(queue)
-                if ready:
-                    _, _, (body, headers, before) = heapq.heappop(ready)
-                    delivery = MemoryDelivery(
-                        body, headers, queue, before > 0, before + 1, self, consumer
-                    )
-                    delivery._window = consumer.window.take()
-                    consumer.unacked.add(delivery)
-                    self._unacked.add(delivery)
-                    return delivery, None
-            return None, wait_s
+            got: list[Delivery] = []
+            names = queues.queues
+            while len(got) < room:
+                for _ in range(len(names)):
+                    queue = names[next(queues.turn)]
+                    ready = self._ready.get(queue)
+                    if ready:
+                        _, _, (body, headers, before) = heapq.heappop(ready)
+                        delivery = Delivery(
+                            body, headers, queue, before > 0, before + 1, None, consumer
+                        )
+                        got.append(delivery)
+                        break
+                else:
+                    break  # every queue empty
+            return got, None if got else wait_s
 
     async def tick(self) -> None:
         with self._lock:

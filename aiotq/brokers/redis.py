@@ -25,6 +25,7 @@ moved exactly once however many workers call it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -32,9 +33,7 @@ import os
 import socket
 import time
 import uuid
-import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ import msgspec
 from redis import exceptions as redis_errors
 
 from .._backoff import Backoff
+from .._loops import PerLoop
 from .._redis import (
     CONNECTION_ERRORS,
     REDIS_ERRORS,
@@ -53,12 +53,14 @@ from ..exceptions import BrokerConnectionError, BrokerError, Transient
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
 from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
-from .base import InWindow, Prefetch
+from .base import Consumer, Delivery, ack_many
 
 log = logging.getLogger("aiotq.broker.redis")
 
 GROUP = "aiotq"
 Envelope = tuple[dict[str, str], bytes]
+Entry = tuple[bytes, bytes, dict[bytes, bytes], int]  # stream, entry id, fields, times delivered
+Token = tuple[str, bytes, bytes]  # a delivery's: its stream, entry id and envelope
 _encode_envelope = msgspec.msgpack.Encoder().encode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 
@@ -81,14 +83,6 @@ def keys(queue: str) -> QueueKeys:
     return QueueKeys(streams, f"{base}:delayed", f"{base}:dead")
 
 
-def _honour_cancellation() -> None:
-    """If a library below swallowed our CancelledError, the request is still on the task:
-    act on it here rather than read on (seen with a read cancelled mid-command)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
     """A Lua reply gives an entry's fields as a flat list."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -106,33 +100,24 @@ def level_of(priority: int | None) -> int:
     return min(max(priority or 0, 0), LEVELS - 1)
 
 
-@dataclass(slots=True, eq=False)
-class RedisDelivery(InWindow):
-    body: bytes
-    headers: Mapping[str, str]
-    queue: str
-    redelivered: bool
-    delivery_count: int
-    stream: str
-    entry_id: bytes
-    envelope: bytes
-    _consumer: _Consumer
-    _settled: bool = False
-    _window: Prefetch | None = None
-
-    # Settled only once the broker confirmed, so a failed ack can be retried.
-    async def ack(self) -> None:
-        await self._consumer.broker.ack_many([self])
-
-    async def reject(self, requeue: bool, reason: str | None = None) -> None:
-        if not self._settled:
-            await self._consumer.broker._settle(self, requeue, reason or "rejected")
-            self._done()
-
-    def _done(self) -> None:
-        self._settled = True
-        self.finished()
-        self._consumer.held.pop(self.entry_id, None)
+def _delivery(
+    consumer: Consumer[Any],
+    queue: str,
+    stream: bytes,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    times: int,
+) -> Delivery:
+    envelope = fields.get(b"e", b"")
+    try:
+        headers, body = _decode_envelope(envelope)
+    except Exception:  # msgspec also raises UnicodeDecodeError: any input must not kill us
+        # Not ours to run; surface it to the worker as an undecodable body so it is
+        # dead-lettered with a reason through the one rejection path.
+        headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
+    count = _returned_before(fields) + times
+    token: Token = (stream.decode(), entry_id, envelope)
+    return Delivery(body, headers, queue, count > 1, count, token, consumer)
 
 
 class _Held:
@@ -162,18 +147,13 @@ class _Held:
                 raise
 
 
-class _Consumer:
-    """Bookkeeping of one consume() call: its name, its prefetch window and the messages it
-    holds (read and not yet settled), whose leases the tick refreshes."""
+class _Streams:
+    """The primitives of one consume() call: its consumer name in the groups, its own
+    reader connection and the streams of its queues. A delivery's token is a `Token`."""
 
-    def __init__(
-        self, broker: RedisBroker, queues: Sequence[str], prefetch: int, reader: Any
-    ) -> None:
+    def __init__(self, broker: RedisBroker, queues: Sequence[str], reader: Any) -> None:
         self.broker = broker
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.held: dict[bytes, RedisDelivery] = {}
-        self.slot_freed = asyncio.Event()
-        self.window = Prefetch(prefetch, self.slot_freed.set)
         self.reader = reader
         self.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
         self.queues = list(dict.fromkeys(queues))
@@ -185,13 +165,115 @@ class _Consumer:
         }
         self.streams = [key.decode() for key in self.queue_of]
 
-    def free_slots(self) -> int:
-        return self.window.free()
+    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
+        try:
+            entries = await self._read(room)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f"redis connection lost: {exc}") from exc
+        except redis_errors.ResponseError as exc:
+            await self._after_refusal(exc)
+            return []
+        return [_delivery(consumer, self.queue_of[entry[0]], *entry) for entry in entries]
 
-    async def wait_until(self, has_room: Callable[[], bool]) -> None:
-        while not has_room():
-            self.slot_freed.clear()
-            await self.slot_freed.wait()
+    async def _read(self, room: int) -> list[Entry]:
+        broker, reader = self.broker, self.reader
+        now = time.monotonic()
+        if now - broker._last_claim > broker.visibility_timeout_s / 4:
+            claimed = await self._claim_one()
+            if claimed is not None:  # more may wait: claim again on the next read
+                return [claimed]
+            broker._last_claim = now
+        share = -(-room // len(self.queues))
+        per_queue: list[list[Entry]] = []
+        for queue in self.queues:
+            levels = list(reversed(keys(queue).streams))
+            answer = await self.read_script(keys=levels, args=[GROUP, self.name, share])
+            per_queue.append(
+                [(stream, i, _fields(f), 1) for stream, entries in answer for i, f in entries]
+            )
+        if not any(per_queue):
+            # all empty: wait for new work; a few may come back at once, at most one per stream
+            response = await reader.xreadgroup(
+                GROUP,
+                self.name,
+                dict.fromkeys(self.streams, ">"),
+                count=1,
+                block=int(BLOCK_S * 1000),
+            )
+            grouped: dict[str, list[Entry]] = {}
+            for stream, entries in response or ():  # in the order asked: high levels first
+                batch = grouped.setdefault(self.queue_of[stream], [])
+                batch.extend((stream, i, f, 1) for i, f in entries)
+            per_queue = list(grouped.values())
+        out: list[Entry] = []
+        for round_ in itertools.zip_longest(*per_queue):  # interleave the queues
+            out.extend(entry for entry in round_ if entry is not None)
+        return out
+
+    async def _claim_one(self) -> Entry | None:
+        """Take over one message idle past the visibility timeout (its consumer died), with
+        the number of times it was delivered. One at a time: a message claimed but not run
+        is counted as a delivery all the same, so a batch claimed with a poison message would
+        be counted toward the limit with it every time it kills a worker."""
+        reader = self.reader
+        idle_ms = int(self.broker.visibility_timeout_s * 1000)
+        for stream in self.streams:
+            cursor: Any = "0-0"
+            while True:  # XAUTOCLAIM scans ten entries per COUNT: follow its cursor
+                answer = await reader.xautoclaim(stream, GROUP, self.name, idle_ms, cursor, count=1)
+                cursor, claimed = answer[0], answer[1]
+                for entry_id, fields in claimed:
+                    if fields:  # None when the entry was deleted meanwhile
+                        pending = await reader.xpending_range(
+                            stream, GROUP, min=entry_id, max=entry_id, count=1
+                        )
+                        times = int(pending[0]["times_delivered"]) if pending else 2
+                        log.warning("took over message %s (delivery %d) from a consumer that"
+                                    " stopped", entry_id.decode(), times)  # fmt: skip
+                        return stream.encode(), entry_id, fields, times
+                if cursor in (b"0-0", "0-0"):
+                    break
+        return None
+
+    async def _after_refusal(self, exc: redis_errors.ResponseError) -> None:
+        """A read Redis refused. The consumer group gone (a FLUSHDB, a restart without
+        persistence, a stream deleted by hand): make it again and read on. Anything else
+        (out of memory, loading) is a BrokerError: the consumer waits and reads again."""
+        message = str(exc)
+        if "NOGROUP" not in message and "no longer exists" not in message:
+            raise BrokerError(f"redis refused a read: {exc}") from exc
+        log.warning("the consumer group of %s is gone (Redis flushed or restarted?);"
+                    " creating it again", ", ".join(self.queues))  # fmt: skip
+        self.broker._declared.difference_update(self.queues)
+        await self.broker.declare(self.queues)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """XACK + XDEL of a whole batch in one pipelined round trip."""
+        by_stream: dict[str, list[bytes]] = {}
+        for delivery in deliveries:
+            stream, entry_id, _ = delivery.token
+            by_stream.setdefault(stream, []).append(entry_id)
+        clients = self.broker._clients
+        async with clients.guarded(BrokerConnectionError):
+            pipe = clients.get().pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
+        stream, entry_id, envelope = delivery.token
+        returned = ["r", str(delivery.delivery_count)]  # times delivered, for the next count
+        dead = keys(delivery.queue).dead
+        target, extra = (stream, returned) if requeue else (dead, ["reason", reason])
+        clients = self.broker._clients
+        async with clients.guarded(BrokerConnectionError):
+            await clients.get().eval(
+                SETTLE, 2, stream, target, entry_id, envelope, GROUP, 100_000, *extra
+            )
+
+    async def drained(self, consumer: Consumer[Any]) -> None:
+        self.broker._consumers.discard(consumer)
 
 
 class RedisBroker:
@@ -210,11 +292,10 @@ class RedisBroker:
         self.publish_retry_s = publish_retry_s
         self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
         self._declared: set[str] = set()
-        self._consumers: set[_Consumer] = set()
+        # consuming, or holding deliveries: tick() keeps their leases, aclose() returns them
+        self._consumers: set[Consumer[_Streams]] = set()
         self._last_claim = 0.0
-        self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Held] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._held: PerLoop[_Held] = PerLoop(lambda: _Held(self._clients.get().connection_pool))
 
     def __repr__(self) -> str:
         return f"RedisBroker({mask_password(self.url)!r})"
@@ -227,9 +308,9 @@ class RedisBroker:
         """Return what this process still holds (a cold stop's cancelled tasks, results that
         could not be stored) at once, not after the visibility timeout, then disconnect."""
         for consumer in list(self._consumers):
-            await self._return(consumer.held.values())
+            await consumer.return_held()
         self._consumers.clear()
-        self._held.pop(asyncio.get_running_loop(), None)  # closed with the pool just below
+        self._held.pop()  # closed with the pool just below
         await self._clients.aclose()
 
     async def declare(self, queues: Sequence[str]) -> None:
@@ -274,10 +355,7 @@ class RedisBroker:
                         due_ms = int((time.time() + delay_s) * 1000)
                         await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
                         return
-                    loop = asyncio.get_running_loop()
-                    held = self._held.get(loop)
-                    if held is None:  # stored before any await: one per loop
-                        held = self._held[loop] = _Held(client.connection_pool)
+                    held = self._held.get()  # made before any await: one per loop
                     if held.lock.locked():  # concurrent sends: the pool serves the others
                         await client.xadd(queue_keys.streams[level], {"e": envelope})
                     else:
@@ -289,203 +367,36 @@ class RedisBroker:
                     raise exc from raw
                 # unreachable, or up but refusing for now: retried until the deadline
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
-                delay = backoff.delay()
-                if time.monotonic() + delay > deadline or not retry_may_help(raw):
-                    waited = time.monotonic() - deadline + self.publish_retry_s
+                left = deadline - time.monotonic()  # retried for the whole bound, no less
+                if left <= 0 or not retry_may_help(raw):
+                    waited = self.publish_retry_s - left
                     reason = str(raw) or str(exc)
                     raise type(exc)(
                         f"cannot publish to Redis at {mask_password(self.url)} "
                         f"(gave up after {waited:.1f}s): {reason}"
                     ) from raw
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(backoff.delay(), left))
 
-    async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[RedisDelivery]:
+    async def consume(
+        self,
+        queues: Sequence[str],
+        prefetch: int,
+        on_ready: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Delivery]:
         await self.declare(queues)
         reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
-        consumer = _Consumer(self, queues, prefetch, reader)
+        consumer = Consumer(_Streams(self, queues, reader), prefetch, on_ready)
         self._consumers.add(consumer)
-        fetched: deque[RedisDelivery] = deque()  # read, not yet handed out
-        backoff = Backoff(initial=0.1, cap=5.0)
         try:
-            while True:
-                _honour_cancellation()
-                if not fetched:
-                    await consumer.wait_until(lambda: consumer.free_slots() > 0)
-                    try:
-                        entries = await self._read(consumer)
-                        backoff.reset()
-                    except CONNECTION_ERRORS as exc:
-                        delay = backoff.delay()
-                        log.warning("redis connection lost (%s); retrying in %.1fs", exc, delay)
-                        await asyncio.sleep(delay)
-                        continue
-                    except redis_errors.ResponseError as exc:
-                        await self._after_refusal(exc, consumer, backoff)
-                        continue
-                    for stream, entry_id, fields, times in entries:
-                        queue = consumer.queue_of[stream]
-                        delivery = self._delivery(consumer, queue, stream, entry_id, fields)
-                        delivery.delivery_count = _returned_before(fields) + times
-                        delivery.redelivered = delivery.delivery_count > 1
-                        delivery._window = consumer.window.take()
-                        consumer.held[entry_id] = delivery
-                        fetched.append(delivery)
-                    continue
-                yield fetched.popleft()
+            async with contextlib.aclosing(consumer.deliveries()) as deliveries:
+                async for delivery in deliveries:
+                    yield delivery
         finally:
-            # Handed-out deliveries stay valid (a warm shutdown lets them finish; the tick keeps
-            # their leases and aclose() returns what is left); what was read but never handed
-            # out goes back now rather than after the visibility timeout.
-            await self._return(fetched)
             await reader.aclose()
             await reader.connection_pool.disconnect()
 
-    async def _claim_one(
-        self, consumer: _Consumer
-    ) -> tuple[bytes, bytes, dict[bytes, bytes], int] | None:
-        """Take over one message idle past the visibility timeout (its consumer died), with
-        the number of times it was delivered. One at a time: a message claimed but not run
-        is counted as a delivery all the same, so a batch claimed with a poison message would
-        be counted toward the limit with it every time it kills a worker."""
-        reader = consumer.reader
-        idle_ms = int(self.visibility_timeout_s * 1000)
-        for stream in consumer.streams:
-            cursor: Any = "0-0"
-            while True:  # XAUTOCLAIM scans ten entries per COUNT: follow its cursor
-                answer = await reader.xautoclaim(
-                    stream, GROUP, consumer.name, idle_ms, cursor, count=1
-                )
-                cursor, claimed = answer[0], answer[1]
-                for entry_id, fields in claimed:
-                    if fields:  # None when the entry was deleted meanwhile
-                        pending = await reader.xpending_range(
-                            stream, GROUP, min=entry_id, max=entry_id, count=1
-                        )
-                        times = int(pending[0]["times_delivered"]) if pending else 2
-                        log.warning("took over message %s (delivery %d) from a consumer that"
-                                    " stopped", entry_id.decode(), times)  # fmt: skip
-                        return stream.encode(), entry_id, fields, times
-                if cursor in (b"0-0", "0-0"):
-                    break
-        return None
-
-    async def _after_refusal(
-        self, exc: redis_errors.ResponseError, consumer: _Consumer, backoff: Backoff
-    ) -> None:
-        """A read Redis refused. The consumer group gone (a FLUSHDB, a restart without
-        persistence, a stream deleted by hand): make it again and read on. Anything else
-        (out of memory, loading): wait and read again; a consumer never dies of a reply."""
-        message = str(exc)
-        if "NOGROUP" in message or "no longer exists" in message:
-            log.warning("the consumer group of %s is gone (Redis flushed or restarted?);"
-                        " creating it again", ", ".join(consumer.queues))  # fmt: skip
-            self._declared.difference_update(consumer.queues)
-            try:
-                await self.declare(consumer.queues)
-                return
-            except BrokerError as again:
-                exc = again  # type: ignore[assignment]
-        delay = backoff.delay()
-        log.warning("redis refused a read (%s); retrying in %.1fs", exc, delay)
-        await asyncio.sleep(delay)
-
-    async def _read(
-        self, consumer: _Consumer
-    ) -> list[tuple[bytes, bytes, dict[bytes, bytes], int]]:
-        reader, streams, queue_of = consumer.reader, consumer.streams, consumer.queue_of
-        out: list[tuple[bytes, bytes, dict[bytes, bytes], int]] = []
-        now = time.monotonic()
-        if now - self._last_claim > self.visibility_timeout_s / 4:
-            claimed = await self._claim_one(consumer)
-            if claimed is not None:  # more may wait: claim again on the next read
-                return [claimed]
-            self._last_claim = now
-        share = -(-consumer.free_slots() // len(consumer.queues))
-        per_queue: list[list[tuple[bytes, bytes, dict[bytes, bytes], int]]] = []
-        for queue in consumer.queues:
-            levels = list(reversed(keys(queue).streams))
-            answer = await consumer.read_script(keys=levels, args=[GROUP, consumer.name, share])
-            per_queue.append(
-                [(stream, i, _fields(f), 1) for stream, entries in answer for i, f in entries]
-            )
-        if not any(per_queue):
-            # all empty: wait for new work; a few may come back at once, at most one per stream
-            response = await reader.xreadgroup(
-                GROUP,
-                consumer.name,
-                dict.fromkeys(streams, ">"),
-                count=1,
-                block=int(BLOCK_S * 1000),
-            )
-            grouped: dict[str, list[tuple[bytes, bytes, dict[bytes, bytes], int]]] = {}
-            for stream, entries in response or ():  # in the order asked: high levels first
-                batch = grouped.setdefault(queue_of[stream], [])
-                batch.extend((stream, i, f, 1) for i, f in entries)
-            per_queue = list(grouped.values())
-        for round_ in itertools.zip_longest(*per_queue):  # interleave the queues
-            out.extend(entry for entry in round_ if entry is not None)
-        return out
-
-    def _delivery(
-        self,
-        consumer: _Consumer,
-        queue: str,
-        stream: bytes,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
-    ) -> RedisDelivery:
-        envelope = fields.get(b"e", b"")
-        try:
-            headers, body = _decode_envelope(envelope)
-        except Exception:  # msgspec also raises UnicodeDecodeError: any input must not kill us
-            # Not ours to run; surface it to the worker as an undecodable body so it is
-            # dead-lettered with a reason through the one rejection path.
-            headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
-        return RedisDelivery(
-            body, headers, queue, False, 1, stream.decode(), entry_id, envelope, consumer
-        )
-
-    async def ack_many(self, deliveries: Sequence[RedisDelivery]) -> None:
-        """XACK + XDEL of a whole batch in one pipelined round trip."""
-        pending = [d for d in deliveries if not d._settled]
-        if not pending:
-            return
-        by_stream: dict[str, list[bytes]] = {}
-        for delivery in pending:
-            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
-        async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            await pipe.execute()
-        for delivery in pending:
-            delivery._done()
-
-    async def _settle(self, delivery: RedisDelivery, requeue: bool, reason: str) -> None:
-        stream, dead = delivery.stream, keys(delivery.queue).dead
-        returned = ["r", str(delivery.delivery_count)]  # times delivered, for the next count
-        target, extra = (stream, returned) if requeue else (dead, ["reason", reason])
-        async with self._clients.guarded(BrokerConnectionError):
-            await self._clients.get().eval(
-                SETTLE,
-                2,
-                stream,
-                target,
-                delivery.entry_id,
-                delivery.envelope,
-                GROUP,
-                100_000,
-                *extra,
-            )
-
-    async def _return(self, deliveries: Iterable[RedisDelivery]) -> None:
-        for delivery in list(deliveries):
-            try:
-                await delivery.reject(requeue=True)
-            except BrokerConnectionError:
-                # still in the pending list: another worker claims it after the timeout
-                log.warning("could not return message %s; it will be reclaimed", delivery.entry_id)
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_many(deliveries)  # one XACK + XDEL pipeline per consume() call
 
     async def tick(self) -> None:
         client = self._clients.get()
@@ -506,12 +417,14 @@ class RedisBroker:
         """Reset the idle time of messages a live consumer still holds (XCLAIM to itself)."""
         for consumer in list(self._consumers):
             by_stream: dict[str, list[bytes]] = {}
-            for delivery in consumer.held.values():
-                by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+            for delivery in list(consumer.held):
+                stream, entry_id, _ = delivery.token
+                by_stream.setdefault(stream, []).append(entry_id)
+            name = consumer.primitives.name
             for stream, ids in by_stream.items():
                 # JUSTID: the idle time is reset without counting a delivery
                 try:
-                    await client.xclaim(stream, GROUP, consumer.name, 0, ids, justid=True)
+                    await client.xclaim(stream, GROUP, name, 0, ids, justid=True)
                 except redis_errors.ResponseError as exc:
                     if "NOGROUP" not in str(exc):  # gone with a flush: nothing left to keep
                         raise

@@ -12,29 +12,25 @@ until the next delayed message or lease expiry is due, or at most `recheck_s`.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
 import itertools
-import logging
 import sqlite3
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
-from .._backoff import Backoff
-from .._sqlite import Database, Doorbell, transaction
+from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import BrokerError, BrokerUnavailable
 from ..protocol import BROKEN_ENVELOPE
-from .base import SUSPECT_DELIVERIES, InWindow, Prefetch
+from .base import SUSPECT_DELIVERIES, Consumer, Delivery, ack_many
 
 RECHECK_S = 5.0  # an idle consumer's safety net against a lost ring
 
 _headers_codec = msgspec.json.Decoder(dict[str, str])
-log = logging.getLogger("aiotq.broker.sqlite")
 
 
 def _headers_of(raw: bytes) -> dict[str, str]:
@@ -54,41 +50,57 @@ def _marks(ids: Sequence[int]) -> str:
     return ",".join("?" * len(ids))
 
 
-@dataclass(slots=True, eq=False)
-class SqliteDelivery(InWindow):
-    body: bytes
-    headers: Mapping[str, str]
-    queue: str
-    redelivered: bool
-    delivery_count: int
-    row_id: int
-    _consumer: _Consumer
-    _settled: bool = False
-    _window: Prefetch | None = None
+class _Claims:
+    """The primitives of one consume() call: its name (the owner of the rows it claims),
+    its queues taken in turn, its doorbell. A delivery's token is its row id."""
 
-    async def ack(self) -> None:
-        await self._consumer.broker.ack_many([self])
+    def __init__(self, broker: SqliteBroker, queues: Sequence[str], listener: Listener) -> None:
+        self.broker = broker
+        self.queues = list(queues)
+        self.name = uuid.uuid4().hex
+        self.turn = itertools.count()
+        self.listener = listener
 
-    async def reject(self, requeue: bool, reason: str | None = None) -> None:
-        if not self._settled:
-            await self._consumer.broker._reject(self, requeue, reason or "rejected")
-            self._consumer.settle(self)
+    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
+        broker = self.broker
+        self.listener.arm()
+        rows, wait_s = await broker._db.run(
+            functools.partial(broker._claim, claims=self, room=room)
+        )
+        if not rows:
+            await self.listener.wait(min(wait_s, broker.recheck_s))
+        return [
+            Delivery(body, _headers_of(headers), queue, n > 0, n + 1, row_id, consumer)
+            for row_id, queue, n, headers, body in rows
+        ]
 
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [delivery.token for delivery in deliveries]
+        # owner checked: a row taken over after a lost lease is the new owner's
+        sql = f"DELETE FROM messages WHERE owner = ? AND id IN ({_marks(ids)})"
+        await self.broker._db.run(lambda connection: connection.execute(sql, (self.name, *ids)))
 
-@dataclass(eq=False)
-class _Consumer:
-    broker: SqliteBroker
-    queues: Sequence[str]
-    name: str = field(default_factory=lambda: uuid.uuid4().hex)
-    held: set[int] = field(default_factory=set)  # claimed row ids not yet settled
-    freed: asyncio.Event = field(default_factory=asyncio.Event)
-    window: Prefetch = field(default_factory=lambda: Prefetch(0, lambda: None))
-    turn: itertools.count[int] = field(default_factory=itertools.count)
+    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
+        owner, row_id = self.name, delivery.token
+        if requeue:
+            await self.broker._release(owner, [row_id])
+            return
 
-    def settle(self, delivery: SqliteDelivery) -> None:
-        delivery._settled = True
-        delivery.finished()
-        self.held.discard(delivery.row_id)
+        def dead_letter(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.execute(
+                    "INSERT INTO dead (queue, reason, headers, body) SELECT queue, ?, headers,"
+                    " body FROM messages WHERE id = ? AND owner = ?",
+                    (reason, row_id, owner),
+                )
+                connection.execute(
+                    "DELETE FROM messages WHERE id = ? AND owner = ?", (row_id, owner)
+                )
+
+        await self.broker._db.run(dead_letter)
+
+    async def drained(self, consumer: Consumer[Any]) -> None:
+        self.broker._consumers.discard(consumer)
 
 
 class SqliteBroker:
@@ -105,7 +117,7 @@ class SqliteBroker:
         self.recheck_s = recheck_s
         self._db = Database(url, busy_timeout_s, (BrokerUnavailable, BrokerError))
         self._bell = Doorbell(self._db.path, "messages")
-        self._consumers: set[_Consumer] = set()
+        self._consumers: set[Consumer[_Claims]] = set()  # consuming, or holding rows
 
     def __repr__(self) -> str:
         return f"SqliteBroker({self.url!r})"
@@ -115,10 +127,10 @@ class SqliteBroker:
 
     async def aclose(self) -> None:
         """Every claimed, unsettled row goes back at once (not after its lease)."""
-        held = [(consumer.name, list(consumer.held)) for consumer in self._consumers]
+        consumers = list(self._consumers)
         self._consumers.clear()
-        for name, ids in held:
-            await self._release(name, ids)
+        for consumer in consumers:
+            await consumer.return_held()
         await self._db.aclose()
         self._bell.close()
 
@@ -146,45 +158,8 @@ class SqliteBroker:
 
         await self._db.run(insert)
 
-    async def ack_many(self, deliveries: Sequence[SqliteDelivery]) -> None:
-        pending = [d for d in deliveries if not d._settled]
-        if not pending:
-            return
-        by_owner: dict[str, list[int]] = {}
-        for delivery in pending:
-            by_owner.setdefault(delivery._consumer.name, []).append(delivery.row_id)
-
-        def delete(connection: sqlite3.Connection) -> None:
-            with transaction(connection):
-                for owner, ids in by_owner.items():
-                    # owner checked: a row taken over after a lost lease is the new owner's
-                    connection.execute(
-                        f"DELETE FROM messages WHERE owner = ? AND id IN ({_marks(ids)})",
-                        (owner, *ids),
-                    )
-
-        await self._db.run(delete)
-        for delivery in pending:
-            delivery._consumer.settle(delivery)
-
-    async def _reject(self, delivery: SqliteDelivery, requeue: bool, reason: str) -> None:
-        owner, row_id = delivery._consumer.name, delivery.row_id
-
-        def dead_letter(connection: sqlite3.Connection) -> None:
-            with transaction(connection):
-                connection.execute(
-                    "INSERT INTO dead (queue, reason, headers, body) SELECT queue, ?, headers,"
-                    " body FROM messages WHERE id = ? AND owner = ?",
-                    (reason, row_id, owner),
-                )
-                connection.execute(
-                    "DELETE FROM messages WHERE id = ? AND owner = ?", (row_id, owner)
-                )
-
-        if requeue:
-            await self._release(owner, [row_id])
-        else:
-            await self._db.run(dead_letter)
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_many(deliveries)
 
     async def _release(self, owner: str, ids: Sequence[int]) -> None:
         """Make claimed rows ready again now."""
@@ -201,60 +176,30 @@ class SqliteBroker:
 
         await self._db.run(release)
 
-    async def consume(self, queues: Sequence[str], prefetch: int) -> AsyncIterator[SqliteDelivery]:
-        consumer = _Consumer(self, list(queues))
-        consumer.window = Prefetch(prefetch, consumer.freed.set)
-        self._consumers.add(consumer)
+    async def consume(
+        self,
+        queues: Sequence[str],
+        prefetch: int,
+        on_ready: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Delivery]:
         listener = self._bell.listen()
-        fetched: deque[SqliteDelivery] = deque()  # claimed, not yet handed out
-        backoff = Backoff(initial=0.1, cap=5.0)
+        consumer = Consumer(_Claims(self, queues, listener), prefetch, on_ready)
+        # known until drained: tick() renews the leases of what it holds, aclose() returns it
+        self._consumers.add(consumer)
         try:
-            while True:
-                if fetched:
-                    yield fetched.popleft()
-                    continue
-                room = consumer.window.free()
-                if room <= 0:  # wait for a finished message, not for the database
-                    consumer.freed.clear()
-                    if consumer.window.free() <= 0:
-                        await consumer.freed.wait()
-                    continue
-                listener.arm()
-                try:
-                    rows, wait_s = await self._db.run(
-                        functools.partial(self._claim, consumer=consumer, room=room)
-                    )
-                    backoff.reset()
-                except BrokerError as exc:  # locked past the busy timeout, disk full: wait
-                    delay = backoff.delay()
-                    log.warning("cannot claim messages (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                for row_id, queue, deliveries, headers, body in rows:
-                    consumer.held.add(row_id)
-                    fetched.append(
-                        SqliteDelivery(
-                            body, _headers_of(headers), queue, deliveries > 0, deliveries + 1,
-                            row_id, consumer, _window=consumer.window.take(),
-                        )
-                    )  # fmt: skip
-                if not rows:
-                    await listener.wait(min(wait_s, self.recheck_s))
+            async with contextlib.aclosing(consumer.deliveries()) as deliveries:
+                async for delivery in deliveries:
+                    yield delivery
         finally:
-            # The consumer stays known: deliveries handed out and still running keep their
-            # leases renewed by tick() and are released by aclose().
             listener.close()
-            unhanded = [d.row_id for d in fetched]
-            consumer.held.difference_update(unhanded)
-            await asyncio.shield(self._release(consumer.name, unhanded))
 
     def _claim(
-        self, connection: sqlite3.Connection, consumer: _Consumer, room: int
+        self, connection: sqlite3.Connection, claims: _Claims, room: int
     ) -> tuple[list[tuple[int, str, int, bytes, bytes]], float]:
         """Claim up to `room` ready rows, queues taken in turn (fair); else seconds to wait."""
         now = _now_ms()
-        queues = consumer.queues
-        start = next(consumer.turn) % len(queues)
+        queues = claims.queues
+        start = next(claims.turn) % len(queues)
         order = [*queues[start:], *queues[:start]]
         rows: list[tuple[int, str, int, bytes, bytes]] = []
         alone: list[bool] = []  # set once a suspect ends this claim
@@ -278,7 +223,7 @@ class SqliteBroker:
                 connection.execute(
                     "UPDATE messages SET owner = ?, lease_ms = ?, deliveries = deliveries + 1"
                     f" WHERE id IN ({_marks(ids)})",
-                    (consumer.name, now + self.visibility_ms, *ids),
+                    (claims.name, now + self.visibility_ms, *ids),
                 )
                 rows.extend(got)
 
@@ -298,15 +243,14 @@ class SqliteBroker:
 
     async def tick(self) -> None:
         """Renew the leases of every row this process holds."""
-        held = [(consumer.name, list(consumer.held)) for consumer in self._consumers]
-        held = [(name, ids) for name, ids in held if ids]
-        if not held:
+        owners = [consumer.primitives.name for consumer in self._consumers if consumer.held]
+        if not owners:
             return
 
         def renew(connection: sqlite3.Connection) -> None:
             lease = _now_ms() + self.visibility_ms
             with transaction(connection):
-                for name, _ in held:
+                for name in owners:
                     connection.execute(
                         "UPDATE messages SET lease_ms = ? WHERE owner = ?", (lease, name)
                     )

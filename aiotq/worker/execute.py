@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..backends.base import reply_routing
 from ..exceptions import (
     DeliveryLimitExceeded,
     MessageRejected,
@@ -57,7 +58,7 @@ class Accepted:
 class Executor:
     def __init__(self, app: App, hostname: str, threads: int, processes: int) -> None:
         self.tasks = app.tasks
-        self.backend = app.backend
+        self.replies = reply_routing(app.backend)
         self.settings = app.conf.settings
         self.hostname = hostname
         self.accept_content = frozenset(self.settings.accept_content)
@@ -100,10 +101,8 @@ class Executor:
             )
             log.error("Rejected message %s (%s): %s", message.id, message.task, reason)
             return decide.refused(message, DeliveryLimitExceeded(reason), delivery)
-        if message.reply_to is not None:  # rpc://: results go back to the caller's queue
-            expect_reply = getattr(self.backend, "expect_reply", None)
-            if expect_reply is not None:
-                expect_reply(message.id, message.reply_to)
+        if message.reply_to is not None and self.replies is not None:
+            self.replies.expect_reply(message.id, message.reply_to)  # rpc://: the caller's queue
         label = f"{message.task}[{message.id}]"
         log.info("Task %s received", label)
         if message.expires_at_s is not None and time.time() > message.expires_at_s:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from .._backoff import Backoff
-from ..backends.base import Backend
+from ..backends.base import ResultStore
 from ..brokers.base import Broker
 from ..exceptions import Transient
 from ..protocol import CODECS, Failure, ResultRecord, decode_record
@@ -34,7 +34,7 @@ Record = tuple[str, bytes]
 
 
 class ResultPublisher:
-    def __init__(self, backend: Backend, broker: Broker, ttl_s: float, capacity: int) -> None:
+    def __init__(self, backend: ResultStore, broker: Broker, ttl_s: float, capacity: int) -> None:
         self._backend = backend
         self._broker = broker
         self._ttl_s = ttl_s

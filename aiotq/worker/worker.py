@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._backoff import Backoff
@@ -31,7 +31,7 @@ from .publisher import ResultPublisher
 
 if TYPE_CHECKING:
     from ..app import App
-    from ..backends.base import Backend
+    from ..backends.base import ResultStore
     from ..brokers.base import Broker, Delivery
 
 log = logging.getLogger("aiotq.worker")
@@ -121,9 +121,20 @@ class Worker:
                 if self.beat is not None:
                     beating = group.create_task(self.beat.run(), name="beat")
                 await broker.declare(self.queues)
-                consumer = group.create_task(self._consume(executor, publisher), name="consumer")
-                self.ready.set()
-                log.info("%s ready.", self.hostname)
+                subscribed = asyncio.Event()
+                consumer = group.create_task(
+                    self._consume(executor, publisher, subscribed.set), name="consumer"
+                )
+                # ready means subscribed: a task sent now is seen (a consumer that failed
+                # to start ends the TaskGroup with its error instead)
+                waiting = asyncio.ensure_future(subscribed.wait())
+                try:
+                    await asyncio.wait([consumer, waiting], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                if subscribed.is_set():
+                    self.ready.set()
+                    log.info("%s ready.", self.hostname)
                 await self._stop.wait()
                 if beating is not None:
                     beating.cancel()  # first: hand the lead over while the rest finishes
@@ -141,7 +152,7 @@ class Worker:
             await self.app.aclose()
             log.info("%s stopped.", self.hostname)
 
-    async def _connect(self, server: Broker | Backend, retry: bool) -> None:
+    async def _connect(self, server: Broker | ResultStore, retry: bool) -> None:
         """Connect the broker or the backend. Only what may pass (unreachable, loading) is
         retried; a refusal of our credentials or vhost, or a bad URL, raises at once: the
         CLI prints its one line and exits instead of retrying what cannot succeed."""
@@ -158,8 +169,10 @@ class Worker:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _consume(self, executor: Executor, publisher: ResultPublisher) -> None:
-        async for delivery in self.app.broker.consume(self.queues, self.prefetch):
+    async def _consume(
+        self, executor: Executor, publisher: ResultPublisher, on_ready: Callable[[], None]
+    ) -> None:
+        async for delivery in self.app.broker.consume(self.queues, self.prefetch, on_ready):
             suspect = delivery.delivery_count >= SUSPECT_DELIVERIES
             if suspect:  # it may kill us: run it with nothing else running beside it
                 log.warning(
