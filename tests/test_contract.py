@@ -306,24 +306,3 @@ async def test_backend_watch_wakes_without_polling(backend) -> None:
         assert await anext(watcher) == b"done"
     await storing
     await watcher.aclose()
-
-
-async def test_backend_counter_is_atomic(backend) -> None:
-    values = await asyncio.gather(*(backend.incr("chord-1", ttl_s=60) for _ in range(20)))
-    assert sorted(values) == list(range(1, 21))
-
-
-async def test_backend_lease_has_one_holder_until_it_lapses(backend) -> None:
-    name = f"lease-{uuid.uuid4().hex[:6]}"
-    assert await backend.lease(name, "a", ttl_s=0.5)
-    assert not await backend.lease(name, "b", ttl_s=0.5)  # a holds it
-    assert await backend.lease(name, "a", ttl_s=0.5)  # renewal
-    deadline = time.monotonic() + 3
-    while not await backend.lease(name, "b", ttl_s=10):  # a stopped renewing: b takes over
-        assert time.monotonic() < deadline, "the lease never lapsed"
-        await asyncio.sleep(0.05)
-    assert not await backend.lease(name, "a", ttl_s=10)
-    await backend.release(name, "a")  # not a's to give
-    assert not await backend.lease(name, "a", ttl_s=10)
-    await backend.release(name, "b")
-    assert await backend.lease(name, "a", ttl_s=10)  # free at once after release
