@@ -14,7 +14,7 @@ import asyncio
 import os
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -55,16 +55,29 @@ class PerLoop(Generic[T]):
     def set(self, value: T) -> None:
         self._values[asyncio.get_running_loop()] = value
 
-    def values(self) -> list[T]:
-        return list(self._values.values())
-
     def _forget_all(self) -> None:
         self._values = weakref.WeakKeyDictionary()
+
+
+class Forkable(Protocol):
+    def _forked(self) -> None:
+        """In a fork's child: drop what belongs to the parent (its threads, its sockets)."""
+
+
+_forkables: weakref.WeakSet[Forkable] = weakref.WeakSet()
+
+
+def reset_after_fork(obj: Forkable) -> None:
+    """Call `obj._forked()` in the child of every later fork, for as long as `obj` lives:
+    one hook for the process, not one per object (each would stay registered for ever)."""
+    _forkables.add(obj)
 
 
 def _after_fork_in_child() -> None:
     for per_loop in list(_all):
         per_loop._forget_all()
+    for obj in list(_forkables):
+        obj._forked()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

@@ -11,11 +11,11 @@ of its own, and with it connections of its own (clients are per loop).
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from ._loops import reset_after_fork
 
 T = TypeVar("T")
 
@@ -26,14 +26,14 @@ class Portal:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        _portals.add(self)
+        reset_after_fork(self)
 
     def _forked(self) -> None:
         """In a fork's child: the loop's thread did not come along (a call would wait for it
         for ever) and the lock may have been held by another thread. The parent's loop and
         its connections are kept, never used nor closed: they are the parent's sockets."""
         if self._loop is not None:
-            _inherited.append(self._loop)
+            self._inherited = self._loop  # the parent's: kept, never run nor closed
         self._lock = threading.Lock()
         self._loop = self._thread = None
 
@@ -76,19 +76,6 @@ class Portal:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
-
-
-_portals: weakref.WeakSet[Portal] = weakref.WeakSet()
-_inherited: list[asyncio.AbstractEventLoop] = []  # a child's copies of its parent's loops
-
-
-def _after_fork_in_child() -> None:
-    for portal in list(_portals):
-        portal._forked()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def in_running_loop() -> bool:

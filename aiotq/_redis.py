@@ -167,8 +167,8 @@ def translate(
     reply says "not now" and its final error for any other refusal."""
     where = mask_password(url)
     if isinstance(exc, TimeoutError):  # a paused or wedged server: the connection is dropped
-        return error(f"cannot reach Redis at {where}: no answer within {timeout_s:g}s"
-                     " (broker_socket_timeout_s)")  # fmt: skip
+        within = f" within {timeout_s:g}s (broker_socket_timeout_s)" if timeout_s else ""
+        return error(f"cannot reach Redis at {where}: no answer{within}")
     if isinstance(exc, ACCESS_ERRORS):  # AuthenticationError is a ConnectionError: first
         return AccessRefused(f"Redis at {where} refused access: {exc}")
     if isinstance(exc, redis_errors.InvalidResponse):  # retrying cannot make it speak Redis

@@ -21,12 +21,12 @@ import socket
 import tempfile
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from ._loops import reset_after_fork
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -125,15 +125,7 @@ class Database:
         self._unavailable, self._final = errors
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="aiotq-sqlite")
         self._connection: sqlite3.Connection | None = None
-        if hasattr(os, "register_at_fork"):  # POSIX
-            me = weakref.ref(self)  # the hook must not keep the database alive
-
-            def in_child() -> None:
-                database = me()
-                if database is not None:
-                    database._forked()
-
-            os.register_at_fork(after_in_child=in_child)
+        reset_after_fork(self)
 
     def _forked(self) -> None:
         """In a fork's child: the executor's thread did not come along (a statement would

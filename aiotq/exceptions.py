@@ -10,8 +10,8 @@
     │   ├── BrokerUnavailable      reached, but refusing for now (locked, out of memory)
     │   ├── BackendConnectionError
     │   └── BackendUnavailable     reached, but refusing for now (OOM, locked, read-only)
-    ├── BrokerError                the broker refused this for good (also the base of the above)
-    ├── BackendError               the backend refused this for good (too large...)
+    ├── BrokerError                the broker refused this for good (base of the Broker* above)
+    ├── BackendError               the backend refused this for good (base of the Backend*)
     ├── DeliveryLimitExceeded      a message delivered too often without finishing
     ├── TaskError                  a remote failure whose exception type is not importable here
     ├── TimeLimitExceeded          hard time limit: the task was stopped

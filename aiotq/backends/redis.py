@@ -23,8 +23,8 @@ from typing import Any
 
 from .._backoff import Backoff
 from .._loops import PerLoop
-from .._redis import CONNECTION_ERRORS, LoopClients
-from ..exceptions import BackendConnectionError
+from .._redis import CONNECTION_ERRORS, REDIS_ERRORS, LoopClients
+from ..exceptions import BackendConnectionError, Transient
 from ..urls import mask_password
 
 log = logging.getLogger("aiotq.backend.redis")
@@ -116,7 +116,7 @@ class _Listener:
                 continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-            except CONNECTION_ERRORS as exc:
+            except REDIS_ERRORS as exc:  # any: the reader must outlive it, or waiters hang
                 log.warning("result listener lost its connection (%s); resubscribing", exc)
                 await self._reconnect()
                 continue
@@ -150,7 +150,7 @@ class _Listener:
                             for inbox in self._inboxes.get(channel, ()):
                                 inbox.put_nowait(data)
                 return
-            except CONNECTION_ERRORS as exc:  # TimeoutError is an OSError
+            except REDIS_ERRORS as exc:  # TimeoutError is an OSError; a refusal passes too
                 delay = backoff.delay()
                 log.warning(
                     "result listener could not resubscribe (%s); retry in %.1fs", exc, delay
@@ -233,7 +233,7 @@ class RedisBackend:
         while True:
             try:
                 return await self.get(task_id)
-            except BackendConnectionError as exc:
+            except Transient as exc:  # unreachable, loading, out of memory
                 log.warning("result read failed (%s); retrying", exc)
                 await backoff.sleep()
 

@@ -24,9 +24,10 @@ from ..exceptions import BrokerError
 log = logging.getLogger("aiotq.broker")
 
 # A message handed out this many times has been running in two workers that died (or has
-# been returned twice): it may be what killed them. Brokers hand such a message out alone
-# (not in a batch whose other members would be counted with it), and the worker runs it
-# alone, so a poison message is counted toward its delivery limit without the good ones.
+# been returned twice): it may be what killed them. The worker runs such a message alone,
+# and brokers keep the ones near it from being counted with it: Redis takes over a dead
+# consumer's messages one at a time, SQLite claims a suspect alone. (RabbitMQ pushes its
+# prefetch regardless: messages prefetched beside a poison one are counted again.)
 SUSPECT_DELIVERIES = 3
 
 
@@ -249,6 +250,8 @@ class Consumer(Generic[P]):
             # fetched and never handed out goes back now, not after a lease runs out.
             unhanded = list(fetched)
             fetched.clear()
+            for delivery in unhanded:  # fetched, never handed out: not a delivery to count
+                delivery.delivery_count -= 1
             self.ended = True
             await self.give_back(unhanded)
             if not held:

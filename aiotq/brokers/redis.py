@@ -401,7 +401,7 @@ class RedisBroker:
     async def tick(self) -> None:
         client = self._clients.get()
         async with self._clients.guarded(BrokerConnectionError):
-            for queue in self._declared:
+            for queue in list(self._declared):  # a gone group's queues leave it meanwhile
                 queue_keys = keys(queue)
                 await client.eval(
                     MOVE_DUE,

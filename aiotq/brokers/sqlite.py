@@ -83,7 +83,7 @@ class _Claims:
     async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
         owner, row_id = self.name, delivery.token
         if requeue:
-            await self.broker._release(owner, [row_id])
+            await self.broker._release(owner, row_id, delivery.delivery_count)
             return
 
         def dead_letter(connection: sqlite3.Connection) -> None:
@@ -161,16 +161,15 @@ class SqliteBroker:
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_many(deliveries)
 
-    async def _release(self, owner: str, ids: Sequence[int]) -> None:
-        """Make claimed rows ready again now."""
-        if not ids:
-            return
+    async def _release(self, owner: str, row_id: int, deliveries: int) -> None:
+        """Make a claimed row ready again now, with its delivery count as the delivery says
+        (one less when it was given back without being handed out: that was no delivery)."""
 
         def release(connection: sqlite3.Connection) -> None:
             connection.execute(
-                "UPDATE messages SET owner = NULL, lease_ms = 0"
-                f" WHERE owner = ? AND id IN ({_marks(ids)})",
-                (owner, *ids),
+                "UPDATE messages SET owner = NULL, lease_ms = 0, deliveries = ?"
+                " WHERE owner = ? AND id = ?",
+                (deliveries, owner, row_id),
             )
             self._bell.ring()
 

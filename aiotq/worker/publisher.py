@@ -8,7 +8,8 @@ acknowledged only after its result is stored:
   retried with backoff while the batch's messages stay unacknowledged; meanwhile the queue
   fills, runners wait to hand over, and the consumer stops taking new work;
 - an error that is final for a result (too large for the backend, refused) stores a FAILURE
-  record in its place saying why, so a waiter learns it, and then the message is acked.
+  record in its place saying why, so a waiter learns it, and then the message is acked; if
+  not even that can be stored, the message goes back unacknowledged.
 """
 
 from __future__ import annotations
@@ -76,8 +77,13 @@ class ResultPublisher:
 
     async def _publish(self, batch: list[Outcome]) -> None:
         records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
-        if records:
-            await self._store(records)
+        unstored = await self._store(records) if records else set()
+        for outcome in batch:  # nothing could be stored for it: it must not be acked
+            if outcome.task_id in unstored and outcome.delivery is not None:
+                if outcome.settle is Settle.ACK:
+                    outcome.settle = Settle.REQUEUE
+                    outcome.reason = "its result could not be stored"
+                outcome.after = None
         followups = [outcome for outcome in batch if outcome.after is not None]
         if followups:  # after the store (a chord counts stored results), before the ack
             await asyncio.gather(*(_followed_up(outcome) for outcome in followups))
@@ -90,17 +96,20 @@ class ResultPublisher:
                 requeue = outcome.settle is Settle.REQUEUE
                 await _settling(partial(delivery.reject, requeue, outcome.reason), "reject")
 
-    async def _store(self, records: Sequence[Record]) -> None:
+    async def _store(self, records: Sequence[Record]) -> set[str]:
         """Store the batch, retrying what may pass; a final refusal is narrowed down to the
-        records it concerns, and each of those is replaced by a FAILURE record."""
+        records it concerns, and each of those is replaced by a FAILURE record. Returns the
+        ids for which not even that could be stored (their messages go back, unacked: each
+        return counts toward the delivery limit, so this ends in the dead letters)."""
         try:
             await _retrying(partial(self._backend.store, records, self._ttl_s), "store results")
-            return
+            return set()
         except Exception as exc:  # final for (one of) these records
             if len(records) > 1:  # which one? store them one by one
+                unstored: set[str] = set()
                 for record in records:
-                    await self._store([record])
-                return
+                    unstored |= await self._store([record])
+                return unstored
             refusal = exc
         task_id, data = records[0]
         failure = _unstorable(task_id, data, refusal)
@@ -109,7 +118,10 @@ class ResultPublisher:
         try:
             await _retrying(partial(self._backend.store, [failure], self._ttl_s), "store results")
         except Exception as exc:
-            log.error("not even a FAILURE record of task %s can be stored: %r", task_id, exc)
+            log.error("not even a FAILURE record of task %s can be stored (%r); its message"
+                      " goes back", task_id, exc)  # fmt: skip
+            return {task_id}
+        return set()
 
 
 def _unstorable(task_id: str, data: bytes, refusal: BaseException) -> Record:

@@ -16,7 +16,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .._backoff import Backoff
@@ -120,7 +121,7 @@ class Worker:
                 beating = None
                 if self.beat is not None:
                     beating = group.create_task(self.beat.run(), name="beat")
-                await broker.declare(self.queues)
+                await self._retrying_start(partial(broker.declare, self.queues), "declare")
                 subscribed = asyncio.Event()
                 consumer = group.create_task(
                     self._consume(executor, publisher, subscribed.set), name="consumer"
@@ -145,6 +146,12 @@ class Worker:
                 await self._finish_publishing(publisher, publishing)
                 ticking.cancel()
         finally:
+            # a part of the TaskGroup that failed skips the ordered stop above: no runner may
+            # outlive the app's connections (their messages go back with the broker's close)
+            stray = [runner for runner in self._inflight if not runner.done()]
+            for runner in stray:
+                runner.cancel()
+            await asyncio.gather(*stray, return_exceptions=True)
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -156,17 +163,24 @@ class Worker:
         """Connect the broker or the backend. Only what may pass (unreachable, loading) is
         retried; a refusal of our credentials or vhost, or a bad URL, raises at once: the
         CLI prints its one line and exits instead of retrying what cannot succeed."""
+        if retry:
+            await self._retrying_start(server.connect, "connect")
+        else:
+            await server.connect()
+        log.info("Connected to %s", mask_password(server.url))
+
+    async def _retrying_start(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """A start-up step, retried while its error may pass (until a stop is asked for)."""
         backoff = Backoff(initial=0.2, cap=10.0)
         while True:
             try:
-                await server.connect()
-                log.info("Connected to %s", mask_password(server.url))
+                await step()
                 return
             except Transient as exc:
-                if not retry or self._stop.is_set():
+                if self._stop.is_set():
                     raise
                 delay = backoff.delay()
-                log.warning("%s; retrying in %.1fs", exc, delay)
+                log.warning("cannot %s (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _consume(
