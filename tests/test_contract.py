@@ -306,3 +306,19 @@ async def test_backend_watch_wakes_without_polling(backend) -> None:
         assert await anext(watcher) == b"done"
     await storing
     await watcher.aclose()
+
+
+async def test_messages_given_back_unhanded_are_not_counted_as_deliveries(broker, queue) -> None:
+    if isinstance(broker, AmqpBroker):
+        pytest.skip("RabbitMQ counts a requeued message as redelivered: no count to keep")
+    await broker.declare([queue])
+    for i in range(3):
+        await broker.publish(queue, str(i).encode(), {})
+    stream = broker.consume([queue], 10)
+    first = await anext(stream)  # the others are fetched with it, never handed out
+    await stream.aclose()
+    await first.ack()
+    again = await take(broker, [queue], 2)
+    assert [d.delivery_count for d in again] == [1, 1]
+    for delivery in again:
+        await delivery.ack()

@@ -18,7 +18,7 @@ from aiotq import App, BackendError, BrokerUnavailable, DeliveryLimitExceeded, R
 from aiotq.testing import run_worker
 
 from .apps import build
-from .conftest import wait_for
+from .conftest import async_wait_for, wait_for
 from .servers import RedisServer
 from .workerproc import ROOT, WorkerProcess
 
@@ -316,4 +316,23 @@ async def test_a_result_too_large_for_the_backend_fails_clearly_and_the_worker_g
         with pytest.raises(BackendError, match=r"2,000,\d+ bytes encoded, more than result_max"):
             await big.get(timeout=10)
         assert await (await text.send(10)).get(timeout=10) == "x" * 10
+    await app.aclose()
+
+
+async def test_a_result_that_can_never_be_stored_is_never_acked_and_ends_dead_lettered(
+    own_redis: Callable[..., RedisServer],
+) -> None:
+    server = own_redis()
+    server.client().execute_command("ACL", "SETUSER", "default", "-set")  # SET refused: NOPERM
+    app = App("nostore", broker="memory://", backend=server.url(), task_max_deliveries=2)
+
+    @app.task(name="nostore.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with run_worker(app):
+        await add.send(1, 2)
+        await async_wait_for(lambda: app.broker._dead.get("default"), timeout=10)  # type: ignore[attr-defined]
+    [(_, reason)] = await app.broker.dead_letters("default")
+    assert "delivered 3 times without finishing" in reason  # came back twice, never acked
     await app.aclose()
