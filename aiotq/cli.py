@@ -16,7 +16,7 @@ import typer
 
 from ._version import __version__
 from .app import App, run
-from .exceptions import AiotqError
+from .exceptions import AiotqError, ConfigurationError
 
 cli = typer.Typer(
     help="aiotq: asyncio-native distributed jobs (Celery's model, one event loop per worker).",
@@ -270,6 +270,43 @@ def result(
         typer.echo(json.dumps(out))
 
     run_against(app, go)
+
+
+@cli.command()
+def status(
+    app_option: AppOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list, for scripts.")] = False,
+) -> None:
+    """List the live workers at once, from their presence records; exit 1 if there are none."""
+    from .worker.presence import describe, live_workers
+
+    app = load_app(app_option)
+    rows: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        coordinator = app.coordinator
+        if coordinator is None:
+            raise ConfigurationError(
+                "workers keep their presence in the result backend's coordinator; rpc:// has"
+                " none: configure a redis:// or sqlite:// result backend"
+            )
+        rows.extend(describe(await live_workers(coordinator)))
+
+    run_against(app, go)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    for row in [] if as_json else rows:
+        typer.echo(
+            f"-> {row['hostname']} (pid {row['pid']}, v{row['version']}): OK, up {row['up_s']}s,"
+            f" queues {row['queues']}, {row['in_flight']}/{row['concurrency']} in flight,"
+            f" processed {row['processed']} (failed {row['failed']}, retried"
+            f" {row['retried']}), load {row['loadavg'][0]:.2f}, {row['rss_mb']} MB,"
+            f" seen {row['seen_s_ago']}s ago"
+        )
+    if not as_json:
+        typer.echo(f"{len(rows)} node{'' if len(rows) == 1 else 's'} online.")
+    if not rows:
+        raise typer.Exit(1)
 
 
 @cli.command()

@@ -36,6 +36,8 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     # the kill tests shorten the visibility timeout through the harness's own variable
     visibility_s = float(os.environ.get("E2E_VISIBILITY_S", "60"))
     app = App("e2e", broker=broker, backend=backend, broker_visibility_timeout_s=visibility_s)
+    if os.environ.get("E2E_HEARTBEAT_S"):  # the presence tests' short heartbeat
+        app.conf.worker_heartbeat_s = float(os.environ["E2E_HEARTBEAT_S"])
     if os.environ.get("E2E_SQLITE_BUSY_S"):  # the lock tests lower the busy timeout
         app.conf.sqlite_busy_timeout_s = float(os.environ["E2E_SQLITE_BUSY_S"])
     if os.environ.get("E2E_BEAT_EVERY_S"):  # the beat tests' schedule, for `worker -B`

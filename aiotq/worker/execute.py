@@ -32,6 +32,7 @@ from .followups import FollowUps
 from .limits import RateLimiter, with_limits
 from .logvalues import ValueRepr
 from .outcome import Decide, Outcome, RemoteError, Settle, failure_of, original
+from .presence import Counters
 from .process import ProcessPool, pack_call, run_in_child, unpack_answer
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Executor:
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
         self.processes = ProcessPool(processes)
         self._limiters: dict[str, RateLimiter] = {}
+        self.counters = Counters()  # for this worker's presence record
         # built once: the success line's value, bounded (None: values are not logged at all)
         self.value_repr = (
             ValueRepr(self.settings.worker_log_value_max)
@@ -113,6 +115,7 @@ class Executor:
 
     async def run(self, accepted: Accepted, delivery: Delivery) -> list[Outcome]:
         """Run an accepted delivery under its limits; its outcomes, in order."""
+        self.counters.processed += 1
         message, task, settle = accepted.message, accepted.task, accepted.settle
         decide = self.decide
         label = f"{message.task}[{message.id}]"
@@ -140,6 +143,7 @@ class Executor:
                     again = Retry(exc, task.retry_delay_s(message.retries))
                     return [*early, self._retried(message, again, delivery, settle)]
             failure = failure_of(exc)
+            self.counters.failed += 1
             elapsed = time.perf_counter() - began
             local = None if isinstance(exc, RemoteError) else exc  # a child's stack is text
             log.error("Task %s raised unexpected: %s (after %.3fs)%s", label, failure, elapsed,
@@ -155,6 +159,7 @@ class Executor:
     def _retried(
         self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
     ) -> Outcome:
+        self.counters.retried += 1
         cause = str(failure_of(retry.exc)) if retry.exc is not None else "retry requested"
         log.info("Task %s[%s] retry: Retry in %gs: %s",
                  message.task, message.id, retry.countdown_s, cause)  # fmt: skip

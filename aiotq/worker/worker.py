@@ -28,6 +28,7 @@ from ..exceptions import AiotqError, Transient
 from ..urls import mask_password
 from .execute import Executor
 from .outcome import Outcome, Settle
+from .presence import Announcer
 from .publisher import ResultPublisher
 
 if TYPE_CHECKING:
@@ -121,6 +122,10 @@ class Worker:
                 beating = None
                 if self.beat is not None:
                     beating = group.create_task(self.beat.run(), name="beat")
+                announcer = self._announcer(executor)
+                announcing = None
+                if announcer is not None:
+                    announcing = group.create_task(announcer.run(), name="presence")
                 await self._retrying_start(partial(broker.declare, self.queues), "declare")
                 subscribed = asyncio.Event()
                 consumer = group.create_task(
@@ -145,6 +150,9 @@ class Worker:
                 await self._finish_inflight()
                 await self._finish_publishing(publisher, publishing)
                 ticking.cancel()
+                if announcing is not None and announcer is not None:
+                    announcing.cancel()  # a warm stop: gone from `aiotq status` at once
+                    await announcer.withdraw()
         finally:
             # a part of the TaskGroup that failed skips the ordered stop above: no runner may
             # outlive the app's connections (their messages go back with the broker's close)
@@ -277,6 +285,17 @@ class Worker:
             publishing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publishing
+
+    def _announcer(self, executor: Executor) -> Announcer | None:
+        coordinator = self.app.coordinator
+        if coordinator is None:  # rpc:// keeps nothing: no presence to write
+            log.info("no coordinator (rpc:// results): this worker is not in `aiotq status`")
+            return None
+        return Announcer(
+            coordinator, hostname=self.hostname, queues=self.queues,
+            concurrency=self.concurrency, heartbeat_s=self.app.conf.settings.worker_heartbeat_s,
+            counters=executor.counters, in_flight=lambda: len(self._inflight),
+        )  # fmt: skip
 
     async def _tick(self) -> None:
         interval = self.app.conf.settings.worker_tick_interval_s

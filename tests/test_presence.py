@@ -1,0 +1,107 @@
+"""Worker presence and `aiotq status`: live workers listed at once from their TTL records; a
+warm stop removes its record, a SIGKILLed worker's lapses within three heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aiotq import App
+from aiotq.testing import run_worker
+from aiotq.worker.presence import live_workers
+
+from .conftest import wait_for
+from .workerproc import ROOT, WorkerProcess
+
+HEARTBEAT_S = 0.3
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"sqlite:///{tmp_path}/aiotq.db"
+
+
+@pytest.fixture
+def start(url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start_worker(name: str) -> WorkerProcess:
+        worker = WorkerProcess(url, "-n", name, env={"E2E_HEARTBEAT_S": str(HEARTBEAT_S)})
+        started.append(worker)
+        return worker.ready()
+
+    yield start_worker
+    for worker in started:
+        worker.stop()
+
+
+def status(url: str) -> tuple[int, list[dict[str, object]]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "aiotq", "status", "-A", "tests.apps:tq", "--json"], cwd=ROOT,
+        env={**os.environ, "AIOTQ_BROKER_URL": url}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout or "[]")
+
+
+def names(url: str) -> list[object]:
+    return [row["hostname"] for row in status(url)[1]]
+
+
+def test_status_lists_live_workers_and_drops_a_killed_one_within_its_ttl(
+    url: str, start: Callable[..., WorkerProcess]
+) -> None:
+    first, second = start("one@here"), start("two@here")
+    wait_for(lambda: names(url) == ["one@here", "two@here"], timeout=10)
+    code, rows = status(url)
+    assert code == 0 and rows[0]["pid"] == first.proc.pid and rows[0]["queues"] == "default"
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    killed_at = time.monotonic()
+    wait_for(lambda: names(url) == ["two@here"], timeout=10)
+    assert time.monotonic() - killed_at < 3 * HEARTBEAT_S + 2  # its TTL, and a status run
+    second.signal(signal.SIGTERM)  # a warm stop removes the record at once
+    assert second.wait(15) == 0
+    assert status(url) == (1, [])
+
+
+async def test_the_record_counts_what_the_worker_did() -> None:
+    app = App("count", broker="memory://", backend="memory://", worker_heartbeat_s=0.05)
+
+    @app.task(name="count.ok")
+    async def ok() -> int:
+        return 1
+
+    @app.task(name="count.bad")
+    async def bad() -> None:
+        raise ValueError("no")
+
+    async with run_worker(app, concurrency=7, hostname="counter@test"):
+        for _ in range(3):
+            await (await ok.send()).get(timeout=5)
+        await (await bad.send()).get(timeout=5, propagate=False)
+        assert app.coordinator is not None
+        coordinator = app.coordinator
+
+        async def counted() -> bool:
+            [record] = await live_workers(coordinator)
+            return record.processed == 4 and record.failed == 1
+
+        deadline = time.monotonic() + 5
+        while not await counted():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        [record] = await live_workers(coordinator)
+        assert (record.hostname, record.concurrency, record.pid) == ("counter@test", 7, os.getpid())
+        assert record.rss_bytes > 10 * 2**20 and len(record.loadavg) == 3
+    assert await live_workers(coordinator) == []  # gone with the warm stop
