@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True):
     worker_shutdown_timeout_s: float = 30.0
     worker_tick_interval_s: float = 0.25
     worker_heartbeat_s: float = 2.0  # presence renewed this often; gone after 3 missed
+    worker_loop_lag_warn_s: float = 0.5  # a loop blocked this long is logged, naming tasks
     worker_log_values: bool = True  # False: success lines carry no result (personal data)
     worker_log_value_max: int = 1024  # chars of a result's repr in a log line (Celery: 1024)
     broker_visibility_timeout_s: float = 60.0

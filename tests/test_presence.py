@@ -105,3 +105,35 @@ async def test_the_record_counts_what_the_worker_did() -> None:
         assert (record.hostname, record.concurrency, record.pid) == ("counter@test", 7, os.getpid())
         assert record.rss_bytes > 10 * 2**20 and len(record.loadavg) == 3
     assert await live_workers(coordinator) == []  # gone with the warm stop
+
+
+async def test_a_blocked_event_loop_is_logged_naming_the_task_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = App("lag", broker="memory://", backend="memory://", worker_loop_lag_warn_s=0.2)
+
+    @app.task(name="lag.blocks")
+    async def blocks() -> None:
+        time.sleep(0.5)  # noqa: ASYNC251 - the fault under test: a task that never awaits
+
+    @app.task(name="lag.fine")
+    async def fine() -> None:
+        await asyncio.sleep(0.01)
+
+    async with run_worker(app, hostname="lag@test") as worker:
+        await (await fine.send()).get(timeout=5)
+        result = await blocks.send()
+        await result.get(timeout=5)
+        deadline = time.monotonic() + 5
+        while "event loop was blocked" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        assert f"lag.blocks[{result.id}]" in caplog.text
+        assert app.coordinator is not None
+        deadline = time.monotonic() + 5
+        while not [p for p in await live_workers(app.coordinator) if p.loop_blocked >= 1]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        [record] = await live_workers(app.coordinator)
+        assert record.loop_lag_max_s >= 0.25
+    assert worker.stopping

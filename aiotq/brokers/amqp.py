@@ -425,11 +425,13 @@ class AmqpBroker:
 
     async def _count_again(self, message: AbstractIncomingMessage, queue: str) -> None:
         """A classic queue's redelivery: publish a copy that carries the delivery count, then
-        ack this one (a copy twice, if we die in between: at least once, as ever)."""
+        ack this one (a copy twice, if we die in between: at least once, as ever). The copy
+        waits a second in the delay levels: handed out at once, it could run (and kill this
+        worker again) before the original's ack left, and come back uncounted."""
         headers = _headers_of(message)
         headers[DELIVERED] = str(_count(headers))
         try:
-            await self._publish_raw(queue, message.body, headers, message.priority)
+            await self._publish_raw(queue, message.body, headers, message.priority, 1)
             await message.ack()
         except (*SETTLE_ERRORS, BrokerError) as exc:  # still unacknowledged: it comes back
             log.warning("could not count a redelivery of %s (%s)", headers.get("id", "?"), exc)

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ class Executor:
         self.processes = ProcessPool(processes)
         self._limiters: dict[str, RateLimiter] = {}
         self.counters = Counters()  # for this worker's presence record
+        # what runs now and what ended lately: whom to name when the loop was blocked
+        self.running: dict[str, float] = {}  # label -> loop time it started
+        self.ended: deque[tuple[str, float]] = deque(maxlen=64)
         # built once: the success line's value, bounded (None: values are not logged at all)
         self.value_repr = (
             ValueRepr(self.settings.worker_log_value_max)
@@ -116,9 +120,23 @@ class Executor:
     async def run(self, accepted: Accepted, delivery: Delivery) -> list[Outcome]:
         """Run an accepted delivery under its limits; its outcomes, in order."""
         self.counters.processed += 1
+        label = f"{accepted.message.task}[{accepted.message.id}]"
+        loop = asyncio.get_running_loop()
+        self.running[label] = loop.time()
+        try:
+            return await self._run(accepted, delivery, label)
+        finally:
+            self.running.pop(label, None)
+            self.ended.append((label, loop.time()))
+
+    def suspects(self, since: float) -> list[str]:
+        """The tasks that ran at some moment since `since` (loop time): when the loop was
+        blocked, the culprit is among them."""
+        return [*self.running, *(label for label, at in self.ended if at >= since)]
+
+    async def _run(self, accepted: Accepted, delivery: Delivery, label: str) -> list[Outcome]:
         message, task, settle = accepted.message, accepted.task, accepted.settle
         decide = self.decide
-        label = f"{message.task}[{message.id}]"
         if task.rate_per_s is not None:
             await self._limiter(task).wait()
         started = decide.started(task, message)

@@ -39,6 +39,8 @@ class Counters:
     processed: int = 0
     failed: int = 0
     retried: int = 0
+    loop_blocked: int = 0  # times the event loop was blocked past worker_loop_lag_warn_s
+    loop_lag_max_s: float = 0.0
 
 
 class Presence(msgspec.Struct, kw_only=True):
@@ -56,6 +58,8 @@ class Presence(msgspec.Struct, kw_only=True):
     seen_at_s: float
     loadavg: list[float]
     rss_bytes: int
+    loop_blocked: int = 0
+    loop_lag_max_s: float = 0.0
 
 
 def rss_bytes() -> int:
@@ -100,6 +104,7 @@ class Announcer:
             processed=counters.processed, failed=counters.failed, retried=counters.retried,
             started_at_s=self.started_at_s, heartbeat_s=self.heartbeat_s, seen_at_s=time.time(),
             loadavg=list(os.getloadavg()), rss_bytes=rss_bytes(),
+            loop_blocked=counters.loop_blocked, loop_lag_max_s=counters.loop_lag_max_s,
         )  # fmt: skip
 
     async def run(self) -> None:
@@ -139,6 +144,7 @@ def describe(workers: list[Presence], now_s: float | None = None) -> list[dict[s
             "processed": p.processed, "failed": p.failed, "retried": p.retried,
             "up_s": round(now - p.started_at_s), "seen_s_ago": round(now - p.seen_at_s, 1),
             "loadavg": p.loadavg, "rss_mb": round(p.rss_bytes / 2**20, 1),
+            "loop_blocked": p.loop_blocked, "loop_lag_max_s": round(p.loop_lag_max_s, 3),
         }
         for p in workers
     ]  # fmt: skip

@@ -122,6 +122,7 @@ class Worker:
                 beating = None
                 if self.beat is not None:
                     beating = group.create_task(self.beat.run(), name="beat")
+                watching = group.create_task(self._watch_loop(executor), name="loop-watch")
                 announcer = self._announcer(executor)
                 announcing = None
                 if announcer is not None:
@@ -150,9 +151,12 @@ class Worker:
                 await self._finish_inflight()
                 await self._finish_publishing(publisher, publishing)
                 ticking.cancel()
+                watching.cancel()
                 if announcing is not None and announcer is not None:
                     announcing.cancel()  # a warm stop: gone from `aiotq status` at once
-                    await announcer.withdraw()
+                    with contextlib.suppress(TimeoutError):  # else it lapses: never wait long
+                        async with asyncio.timeout(1.0):
+                            await announcer.withdraw()
         finally:
             # a part of the TaskGroup that failed skips the ordered stop above: no runner may
             # outlive the app's connections (their messages go back with the broker's close)
@@ -296,6 +300,30 @@ class Worker:
             concurrency=self.concurrency, heartbeat_s=self.app.conf.settings.worker_heartbeat_s,
             counters=executor.counters, in_flight=lambda: len(self._inflight),
         )  # fmt: skip
+
+    async def _watch_loop(self, executor: Executor) -> None:
+        """The asyncio worker's silent killer is a task that does not await (time.sleep, CPU
+        work, blocking IO): it stalls every task of the process. A timer that wakes late
+        says so; the warning names what ran meanwhile."""
+        settings = self.app.conf.settings
+        interval, threshold = settings.worker_tick_interval_s, settings.worker_loop_lag_warn_s
+        loop = asyncio.get_running_loop()
+        counters = executor.counters
+        while True:
+            began = loop.time()
+            await asyncio.sleep(interval)
+            lag = loop.time() - began - interval
+            if lag < threshold:
+                continue
+            counters.loop_blocked += 1
+            counters.loop_lag_max_s = max(counters.loop_lag_max_s, lag)
+            suspects = executor.suspects(began)
+            log.warning(
+                "the event loop was blocked for %.2fs: every task waited. Running then: %s. A"
+                " task that blocks (time.sleep, CPU work, blocking IO) belongs in"
+                " executor='thread' or 'process'",
+                lag, ", ".join(suspects[:10]) + (" ..." if len(suspects) > 10 else "") or "none",
+            )  # fmt: skip
 
     async def _tick(self) -> None:
         interval = self.app.conf.settings.worker_tick_interval_s
