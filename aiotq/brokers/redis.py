@@ -218,21 +218,19 @@ class _Streams:
         reader = self.reader
         idle_ms = int(self.broker.visibility_timeout_s * 1000)
         for stream in self.streams:
-            cursor: Any = "0-0"
-            while True:  # XAUTOCLAIM scans ten entries per COUNT: follow its cursor
-                answer = await reader.xautoclaim(stream, GROUP, self.name, idle_ms, cursor, count=1)
-                cursor, claimed = answer[0], answer[1]
-                for entry_id, fields in claimed:
+            # XPENDING IDLE finds the candidates (with their counts) in one round trip,
+            # however long the pending list; XCLAIM with the same idle time takes one only
+            # if no other consumer took it meanwhile.
+            idle = await reader.xpending_range(stream, GROUP, "-", "+", 10, idle=idle_ms)
+            for entry in idle:
+                entry_id = entry["message_id"]
+                claimed = await reader.xclaim(stream, GROUP, self.name, idle_ms, [entry_id])
+                for claimed_id, fields in claimed:
                     if fields:  # None when the entry was deleted meanwhile
-                        pending = await reader.xpending_range(
-                            stream, GROUP, min=entry_id, max=entry_id, count=1
-                        )
-                        times = int(pending[0]["times_delivered"]) if pending else 2
+                        times = int(entry["times_delivered"]) + 1  # XCLAIM counts this one
                         log.warning("took over message %s (delivery %d) from a consumer that"
-                                    " stopped", entry_id.decode(), times)  # fmt: skip
-                        return stream.encode(), entry_id, fields, times
-                if cursor in (b"0-0", "0-0"):
-                    break
+                                    " stopped", claimed_id.decode(), times)  # fmt: skip
+                        return stream.encode(), claimed_id, fields, times
         return None
 
     async def _after_refusal(self, exc: redis_errors.ResponseError) -> None:
