@@ -16,7 +16,8 @@ consumer block (XREADGROUP COUNT 1 over all streams) to wait for new work.
 
 A consumer reads with XREADGROUP (COUNT = free prefetch slots); a message stays in the
 group's pending list, owned by that consumer, until XACK. Messages of a consumer that died
-are taken over with XAUTOCLAIM once idle for the visibility timeout; a live consumer
+are taken over one at a time (XPENDING IDLE, then XCLAIM) once idle for the visibility
+timeout; a live consumer
 refreshes the idle time of the messages it still holds on every tick, so a long task is not
 delivered twice. Due delayed messages move to the stream in one Lua script (atomic: each is
 moved exactly once however many workers call it).
