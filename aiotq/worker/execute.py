@@ -55,6 +55,7 @@ class Accepted:
     message: Message
     task: Task[Any, Any]
     settle: Settle
+    label: str  # `name[id]`, as the log lines show it (made once per delivery)
 
 
 class Executor:
@@ -115,12 +116,12 @@ class Executor:
             log.warning("Task %s expired; not run", label)
             expired = Failure.of(TaskRevoked(f"task {label} expired"))
             return decide.failed(message, expired, delivery, Settle.ACK, state="REVOKED")
-        return Accepted(message, task, decide.settle_for(task))
+        return Accepted(message, task, decide.settle_for(task), label)
 
     async def run(self, accepted: Accepted, delivery: Delivery) -> list[Outcome]:
         """Run an accepted delivery under its limits; its outcomes, in order."""
         self.counters.processed += 1
-        label = f"{accepted.message.task}[{accepted.message.id}]"
+        label = accepted.label
         loop = asyncio.get_running_loop()
         self.running[label] = loop.time()
         try:
