@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS kv (       -- the coordinator's key-value (presence, 
     value BLOB NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bus (      -- the broker's broadcasts (control, replies, events)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bus_topic ON bus (topic, id);
+CREATE INDEX IF NOT EXISTS bus_expiry ON bus (expires_ms);
 """
 
 

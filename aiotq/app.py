@@ -5,6 +5,7 @@ every send goes through. The layers below (producer, task, canvas, result) never
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -17,6 +18,8 @@ from .backends import make_backend, make_coordinator
 from .backends.base import reply_routing
 from .brokers import default_backend_url, make_broker
 from .canvas import Signature
+from .control import Control
+from .events import Events
 from .exceptions import ConfigurationError
 from .producer import Producer, Wiring
 from .protocol import CODECS
@@ -173,6 +176,17 @@ class App:
         """Counters, leases and a small key-value (chords, beat, operations): the result
         backend where it can be one; None with rpc://, which keeps nothing."""
         return self._wiring().coordinator
+
+    # -- operations --------------------------------------------------------------------------
+    @functools.cached_property
+    def control(self) -> Control:
+        """Remote control and inspection of the workers, as Celery's `app.control`."""
+        return Control(self.producer)
+
+    @functools.cached_property
+    def events(self) -> Events:
+        """`async for event in app.events.receive(): ...`: the workers' events."""
+        return Events(lambda: self.broker)
 
     # -- tasks -----------------------------------------------------------------------------
     @overload

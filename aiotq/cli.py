@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
 
 from ._version import __version__
 from .app import App, run
+from .cli_common import LOG_LEVELS, AppOption, fail, load_app, run_against
+from .cli_control import control_cli, events_command, inspect_cli
 from .exceptions import AiotqError, ConfigurationError
 
 cli = typer.Typer(
@@ -24,66 +23,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-AppOption = Annotated[
-    str | None,
-    typer.Option(
-        "--app", "-A", help="The app as module:attribute, e.g. proj.app:tq.", show_default=False
-    ),
-]
-
-
-log = logging.getLogger("aiotq.cli")
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-def fail(message: str, cause: BaseException | None = None) -> typer.Exit:
-    """One line on stderr; the stack of `cause` too, but only at `-l debug`."""
-    if cause is not None:
-        log.debug("The stack of the error below:", exc_info=cause)
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
-def load_app(path: str | None) -> App:
-    """`pkg.module:attr`, or `pkg.module` holding one App. Errors are one clear line."""
-    if not path:
-        raise fail("which app? pass it as `module:attribute` (e.g. `aiotq worker proj.app:tq`)")
-    sys.path.insert(0, os.getcwd())
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise fail(f"cannot import {module_name!r}: {exc}", exc) from None
-    except Exception as exc:
-        message = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        raise fail(message, exc) from None
-    if attr:
-        app = getattr(module, attr, None)
-        if not isinstance(app, App):
-            raise fail(f"{module_name!r} has no App named {attr!r}")
-        return app
-    apps = [v for v in vars(module).values() if isinstance(v, App)]
-    if len(apps) != 1:
-        raise fail(f"{module_name!r} holds {len(apps)} apps; name one as {module_name}:attribute")
-    return apps[0]
-
-
-def run_against(app: App, work: Callable[[], Awaitable[None]]) -> None:
-    """Run one command's work on a fresh loop, close the app's connections, and turn the
-    errors a user can cause into one clear line."""
-
-    async def go() -> None:
-        try:
-            await work()
-        finally:
-            await app.aclose()
-
-    try:
-        run(go())
-    except (AiotqError, TypeError, TimeoutError) as exc:
-        raise fail(str(exc)) from None
 
 
 def setup_logging(level: str) -> None:
@@ -146,6 +85,10 @@ def worker(
     beat: Annotated[
         bool, typer.Option("--beat", "-B", help="Also run beat (periodic tasks) in this loop.")
     ] = False,
+    task_events: Annotated[
+        bool,
+        typer.Option("--task-events", "-E", help="Send task events (for `aiotq events`)."),
+    ] = False,
 ) -> None:
     """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
     setup_logging(loglevel)
@@ -163,6 +106,7 @@ def worker(
             shutdown_timeout_s=shutdown_timeout,
             hostname=hostname,
             beat=beat,
+            send_events=True if task_events else None,
         )
         run(w.run())
     except AiotqError as exc:
@@ -278,7 +222,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list, for scripts.")] = False,
 ) -> None:
     """List the live workers at once, from their presence records; exit 1 if there are none."""
-    from .worker.presence import describe, live_workers
+    from .presence import describe, live_workers
 
     app = load_app(app_option)
     rows: list[dict[str, Any]] = []
@@ -351,6 +295,11 @@ def dead_letters(
             typer.echo(json.dumps({"reason": reason, "body": body.decode("utf-8", "replace")}))
 
     run_against(app, go)
+
+
+cli.add_typer(inspect_cli, name="inspect")
+cli.add_typer(control_cli, name="control")
+cli.command("events")(events_command)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import msgspec
 
 from ._portal import Portal
+from .events import send_sent
 from .exceptions import ConfigurationError
 from .protocol import CODECS, Message, chord_ref, signature_list
 from .request import current_request
@@ -140,6 +141,11 @@ class Producer:
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
         await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
+        if settings.task_send_sent_event:
+            await send_sent(
+                wiring.broker, message, keep=settings.event_keep,
+                ttl_s=settings.event_ttl_s, value_max=settings.event_value_max,
+            )  # fmt: skip
         return task_id
 
     async def publish_message(

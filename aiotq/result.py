@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from ._portal import in_running_loop
+from .control import Control
 from .producer import HasProducer, Producer, producer_of
 from .protocol import (
     READY_STATES,
@@ -144,6 +145,11 @@ class AsyncResult(Generic[R]):
 
         return self._run(forget())
 
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> Any:
+        """Never run this task (a worker that starts later refuses it too), and with
+        `terminate` stop it where it runs; its result turns REVOKED at once."""
+        return self._run(Control(self.producer).arevoke([self.id], terminate, signal))
+
     def _current(self) -> ResultRecord | None:
         if not in_running_loop():
             return self.producer.call(self._refresh())
@@ -230,6 +236,10 @@ class GroupResult:
         return self._run(self._get(timeout, propagate))
 
     join = get
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> Any:
+        ids = [result.id for result in self.results]
+        return self._run(Control(self.producer).arevoke(ids, terminate, signal))
 
     async def _get(self, limit_s: float | None, propagate: bool) -> list[Any]:
         deadline = None if limit_s is None else asyncio.get_running_loop().time() + limit_s

@@ -60,6 +60,15 @@ class Settings(msgspec.Struct, kw_only=True):
     worker_loop_lag_warn_s: float = 0.5  # a loop blocked this long is logged, naming tasks
     worker_log_values: bool = True  # False: success lines carry no result (personal data)
     worker_log_value_max: int = 1024  # chars of a result's repr in a log line (Celery: 1024)
+    # events (docs/monitoring.md): task events only with -E, as in Celery; worker events always
+    worker_send_task_events: bool = False
+    task_send_sent_event: bool = False  # the producer sends task-sent (one more post per send)
+    event_keep: int = 1000  # batches of events the broker keeps for a monitor that starts late
+    event_ttl_s: float = 3600.0
+    event_value_max: int = 1024  # chars of args / kwargs / result carried by an event
+    # revokes are kept this long (a day of results plus Celery's 3 h): a worker that starts
+    # later, or a countdown task due later, still honours them
+    revoke_expires_s: float = 97200.0
     broker_visibility_timeout_s: float = 60.0
     broker_pool_size: int = 10
     broker_connection_timeout_s: float = 5.0
@@ -113,6 +122,8 @@ ALIASES: dict[str, str] = {
     "celery_include": "include",
     "celerybeat_schedule": "beat_schedule",
     "celeryd_concurrency": "worker_concurrency",
+    "celery_send_events": "worker_send_task_events",
+    "celery_send_task_sent_event": "task_send_sent_event",
     "celeryd_prefetch_multiplier": "worker_prefetch_multiplier",
     "celeryd_task_time_limit": "task_time_limit_s",
     "celeryd_task_soft_time_limit": "task_soft_time_limit_s",
@@ -252,3 +263,18 @@ def _load(path: str) -> object:
     for part in filter(None, attr.split(".")):
         module = getattr(module, part)
     return module
+
+
+def parse_rate(rate: str | None) -> float | None:
+    """'100/s', '10/m', '5/h' (or a bare number, per second) -> tasks per second."""
+    if rate is None:
+        return None
+    number, _, unit = str(rate).partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    try:
+        value = float(number)
+    except ValueError:
+        per = None
+    if per is None or value <= 0:
+        raise ConfigurationError(f"bad rate_limit {rate!r}: use e.g. '100/s', '10/m' or '5/h'")
+    return value / per

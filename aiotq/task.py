@@ -12,6 +12,7 @@ from .canvas import Signature
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from .request import Request, current_request
 from .result import AsyncResult
+from .settings import parse_rate
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -19,21 +20,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 Executor = Literal["inline", "thread", "process"]
-
-
-def parse_rate(rate: str | None) -> float | None:
-    """'100/s', '10/m', '5/h' (or a bare number, per second) -> tasks per second."""
-    if rate is None:
-        return None
-    number, _, unit = str(rate).partition("/")
-    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
-    try:
-        value = float(number)
-    except ValueError:
-        per = None
-    if per is None or value <= 0:
-        raise ConfigurationError(f"bad rate_limit {rate!r}: use e.g. '100/s', '10/m' or '5/h'")
-    return value / per
 
 
 class Task(Generic[P, R]):

@@ -33,6 +33,10 @@ def build(url: str) -> App:
     async def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task(name="bench.io")
+    async def io(delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+
     @app.task(name="bench.started_at")
     async def started_at() -> float:
         return time.time()
@@ -43,8 +47,8 @@ def build(url: str) -> App:
 app = build(os.environ.get("AIOTQ_BROKER_URL", "redis://127.0.0.1:6379/11"))
 
 
-async def start_worker(url: str) -> asyncio.subprocess.Process:
-    """One worker process, as a user would start it."""
+async def start_worker(url: str, *extra: str) -> asyncio.subprocess.Process:
+    """One worker process, as a user would start it (`extra`: more options, e.g. -E)."""
     command = [
         "-m",
         "aiotq",
@@ -54,6 +58,7 @@ async def start_worker(url: str) -> asyncio.subprocess.Process:
         "200",
         "-l",
         "warning",
+        *extra,
     ]
     env = {**os.environ, "AIOTQ_BROKER_URL": url}
     return await asyncio.create_subprocess_exec(sys.executable, *command, cwd=ROOT, env=env)
@@ -66,10 +71,10 @@ async def enqueue(producer: App, n: int) -> tuple[float, list]:  # type: ignore[
     return n / (time.perf_counter() - started), results
 
 
-async def drain(producer: App, results: list, url: str) -> tuple[float, float]:  # type: ignore[type-arg]
+async def drain(producer: App, results: list, url: str, *extra: str) -> tuple[float, float]:  # type: ignore[type-arg]
     """From the first result stored to the last, so worker start-up is not counted."""
     backend = producer.backend
-    worker = await start_worker(url)
+    worker = await start_worker(url, *extra)
     try:
         while await backend.get(results[0].id) is None:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.001)

@@ -132,6 +132,7 @@ def build(broker: str | None = None, backend: str | None = None) -> App:
     app.task(name="e2e.child_pid", executor="process")(pid_of_child)
     app.task(name="e2e.child_sleep", executor="process", time_limit=0.5)(sleep_in_child)
     app.task(name="e2e.child_boom", executor="process")(boom_in_child)
+    app.task(name="e2e.child_long", executor="process")(sleep_in_child)  # no time limit
     return app
 
 

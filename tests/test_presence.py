@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from aiotq import App
+from aiotq.presence import live_workers
 from aiotq.testing import run_worker
-from aiotq.worker.presence import live_workers
 
 from .conftest import wait_for
 from .workerproc import ROOT, WorkerProcess

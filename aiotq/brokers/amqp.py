@@ -38,7 +38,9 @@ from .._backoff import Backoff
 from .._loops import PerLoop
 from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
+from .amqp_bus import AmqpBus
 from .base import Consumer, Delivery, ack_many
+from .bus import Subscription
 
 log = logging.getLogger("aiotq.broker")
 
@@ -181,6 +183,7 @@ class AmqpBroker:
         self.queue_arguments = dict(queue_arguments or {})
         self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
         self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
+        self._bus = AmqpBus(self, SETTLE_ERRORS)
 
     def __repr__(self) -> str:
         return f"AmqpBroker({mask_password(self.url)!r})"
@@ -374,7 +377,7 @@ class AmqpBroker:
         self,
         queues: Sequence[str],
         prefetch: int,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         """Each queue has its own consumer with up to `prefetch` unacknowledged in RabbitMQ's
         hands; this hands out at most `prefetch` unfinished in all, taking the queues in turn
@@ -440,6 +443,18 @@ class AmqpBroker:
         return None  # delays live in RabbitMQ's TTL queues; leases are RabbitMQ's own
 
     # -- administration -----------------------------------------------------------------------
+    # -- the bus (bus.py): control, replies, events ----------------------------------------
+    async def post(self, topic: str, body: bytes, *, keep: int, ttl_s: float) -> None:
+        await self._bus.post(topic, body, keep=keep, ttl_s=ttl_s)
+
+    async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
+        return await self._bus.subscribe(topic, replay=replay)
+
+    async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
+        """RabbitMQ cannot list what waits in the delay cascade without taking it (a TTL
+        queue has no browse): nothing is listed (docs/monitoring.md)."""
+        return []
+
     async def purge(self, queue: str) -> int:
         """Ready messages of the queue (delayed ones still in the delay levels are not)."""
         link = await self._link()

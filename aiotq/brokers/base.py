@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .._backoff import Backoff
 from ..exceptions import BrokerError
+from .bus import Bus
 
 log = logging.getLogger("aiotq.broker")
 
@@ -31,7 +32,7 @@ log = logging.getLogger("aiotq.broker")
 SUSPECT_DELIVERIES = 3
 
 
-class Broker(Protocol):
+class Broker(Bus, Protocol):
     """A broker (one module per kind, chosen by URL scheme in `brokers/__init__.py`).
 
     Event loops: the sync portal runs a loop thread of its own, so one broker object may
@@ -67,10 +68,10 @@ class Broker(Protocol):
         self,
         queues: Sequence[str],
         prefetch: int,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         """Deliveries from `queues`, at most `prefetch` fetched and not yet finished.
-        `on_ready()` is called once the consumer is really subscribed (queues declared, a
+        `on_ready(consumer)` is called once the consumer is really subscribed (queues declared, a
         RabbitMQ consumer registered), before the first fetch: a worker reports ready then.
         Closing it gives back what was fetched and never handed out; handed-out deliveries
         stay valid (the caller settles them, or aclose() returns them)."""
@@ -78,6 +79,11 @@ class Broker(Protocol):
 
     async def tick(self) -> None:
         """Upkeep from the worker's scheduler tick: move due delayed messages, keep leases."""
+
+    async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
+        """Delayed messages of `queues` (countdown, eta, retries) with their due time (epoch
+        seconds), soonest first: `aiotq inspect scheduled`."""
+        ...
 
     async def purge(self, queue: str) -> int: ...
 
@@ -206,7 +212,10 @@ class Consumer(Generic[P]):
     )  # fmt: skip
 
     def __init__(
-        self, primitives: P, prefetch: int, on_ready: Callable[[], None] | None = None
+        self,
+        primitives: P,
+        prefetch: int,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> None:
         self.primitives = primitives
         self._on_ready = on_ready
@@ -222,7 +231,7 @@ class Consumer(Generic[P]):
         fetched, window, held = self.fetched, self.window, self.held
         backoff = Backoff(initial=0.1, cap=5.0)
         if self._on_ready is not None:
-            self._on_ready()  # the broker set up everything before handing us the loop
+            self._on_ready(self)  # the broker set up everything before handing us the loop
         try:
             while True:
                 _honour_cancellation()

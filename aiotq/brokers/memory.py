@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from .base import Consumer, Delivery, ack_many
+from .bus import MemoryBus, Subscription
 
 Item = tuple[bytes, dict[str, str], int]  # body, headers, times handed out before
 
@@ -73,6 +74,7 @@ class MemoryBroker:
         self._delayed: list[tuple[float, int, str, int, Item]] = []
         self._dead: dict[str, list[tuple[bytes, str]]] = {}
         self._consumers: set[Consumer[_Queues]] = set()  # consuming, or holding deliveries
+        self._bus = MemoryBus()
 
     async def connect(self) -> None:
         return None
@@ -137,7 +139,7 @@ class MemoryBroker:
         self,
         queues: Sequence[str],
         prefetch: int,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         consumer = Consumer(_Queues(self, queues), prefetch, on_ready)
         self._consumers.add(consumer)  # until drained: aclose() returns what it holds
@@ -171,6 +173,19 @@ class MemoryBroker:
     async def tick(self) -> None:
         with self._lock:
             self._move_due()
+
+    # -- the bus (bus.py): control, replies, events ----------------------------------------
+    async def post(self, topic: str, body: bytes, *, keep: int, ttl_s: float) -> None:
+        await self._bus.post(topic, body, keep=keep, ttl_s=ttl_s)
+
+    async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
+        return await self._bus.subscribe(topic, replay=replay)
+
+    async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
+        wall = time.time() - time.monotonic()  # the heap is on the monotonic clock
+        with self._lock:
+            due = sorted(e for e in self._delayed if e[2] in queues)[:limit]
+        return [(at + wall, item[0]) for at, _, _, _, item in due]
 
     async def purge(self, queue: str) -> int:
         with self._lock:

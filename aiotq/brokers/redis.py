@@ -55,6 +55,8 @@ from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
 from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
 from .base import Consumer, Delivery, ack_many
+from .bus import Subscription
+from .redis_bus import RedisBus
 
 log = logging.getLogger("aiotq.broker.redis")
 
@@ -295,6 +297,7 @@ class RedisBroker:
         self._consumers: set[Consumer[_Streams]] = set()
         self._last_claim = 0.0
         self._held: PerLoop[_Held] = PerLoop(lambda: _Held(self._clients.get().connection_pool))
+        self._bus = RedisBus(self._clients)
 
     def __repr__(self) -> str:
         return f"RedisBroker({mask_password(self.url)!r})"
@@ -380,7 +383,7 @@ class RedisBroker:
         self,
         queues: Sequence[str],
         prefetch: int,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         await self.declare(queues)
         reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
@@ -427,6 +430,26 @@ class RedisBroker:
                 except redis_errors.ResponseError as exc:
                     if "NOGROUP" not in str(exc):  # gone with a flush: nothing left to keep
                         raise
+
+    # -- the bus (bus.py): control, replies, events ----------------------------------------
+    async def post(self, topic: str, body: bytes, *, keep: int, ttl_s: float) -> None:
+        await self._bus.post(topic, body, keep=keep, ttl_s=ttl_s)
+
+    async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
+        return await self._bus.subscribe(topic, replay=replay)
+
+    async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
+        async with self._clients.guarded(BrokerConnectionError):
+            pipe = self._clients.get().pipeline(transaction=False)
+            for queue in queues:
+                pipe.zrange(keys(queue).delayed, 0, limit - 1, withscores=True)
+            answers = await pipe.execute()
+        found: list[tuple[float, bytes]] = []
+        for members in answers:
+            for member, due_ms in members:
+                with contextlib.suppress(Exception):  # a broken envelope is not listed
+                    found.append((due_ms / 1000, _decode_envelope(member[1:])[1]))
+        return sorted(found)[:limit]
 
     async def purge(self, queue: str) -> int:
         queue_keys = keys(queue)

@@ -27,6 +27,8 @@ from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import BrokerError, BrokerUnavailable
 from ..protocol import BROKEN_ENVELOPE
 from .base import SUSPECT_DELIVERIES, Consumer, Delivery, ack_many
+from .bus import Subscription
+from .sqlite_bus import SqliteBus
 
 RECHECK_S = 5.0  # an idle consumer's safety net against a lost ring
 
@@ -46,7 +48,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _marks(ids: Sequence[int]) -> str:
+def _marks(ids: Sequence[object]) -> str:
     return ",".join("?" * len(ids))
 
 
@@ -117,6 +119,7 @@ class SqliteBroker:
         self.recheck_s = recheck_s
         self._db = Database(url, busy_timeout_s, (BrokerUnavailable, BrokerError))
         self._bell = Doorbell(self._db.path, "messages")
+        self._bus = SqliteBus(self._db)
         self._consumers: set[Consumer[_Claims]] = set()  # consuming, or holding rows
 
     def __repr__(self) -> str:
@@ -133,6 +136,7 @@ class SqliteBroker:
             await consumer.return_held()
         await self._db.aclose()
         self._bell.close()
+        self._bus.close()
 
     async def declare(self, queues: Sequence[str]) -> None:
         return None  # a queue is a value in a column
@@ -179,7 +183,7 @@ class SqliteBroker:
         self,
         queues: Sequence[str],
         prefetch: int,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         listener = self._bell.listen()
         consumer = Consumer(_Claims(self, queues, listener), prefetch, on_ready)
@@ -235,7 +239,7 @@ class SqliteBroker:
         if rows:
             return rows, 0.0
         (next_ms,) = connection.execute(
-            f"SELECT MIN(MAX(due_ms, lease_ms)) FROM messages WHERE queue IN ({_marks(queues)})",  # type: ignore[arg-type]
+            f"SELECT MIN(MAX(due_ms, lease_ms)) FROM messages WHERE queue IN ({_marks(queues)})",
             tuple(queues),
         ).fetchone()
         return [], self.recheck_s if next_ms is None else max(0.0, (next_ms - now) / 1000)
@@ -255,6 +259,24 @@ class SqliteBroker:
                     )
 
         await self._db.run(renew)
+
+    # -- the bus (bus.py): control, replies, events ----------------------------------------
+    async def post(self, topic: str, body: bytes, *, keep: int, ttl_s: float) -> None:
+        await self._bus.post(topic, body, keep=keep, ttl_s=ttl_s)
+
+    async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
+        return await self._bus.subscribe(topic, replay=replay)
+
+    async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
+        def read(connection: sqlite3.Connection) -> list[tuple[float, bytes]]:
+            rows = connection.execute(
+                f"SELECT due_ms, body FROM messages WHERE queue IN ({_marks(queues)})"
+                " AND due_ms > ? AND owner IS NULL ORDER BY due_ms LIMIT ?",
+                (*queues, _now_ms(), limit),
+            ).fetchall()
+            return [(due_ms / 1000, bytes(body)) for due_ms, body in rows]
+
+        return await self._db.run(read)
 
     async def purge(self, queue: str) -> int:
         def purge(connection: sqlite3.Connection) -> int:

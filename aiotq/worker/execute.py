@@ -35,6 +35,7 @@ from .logvalues import ValueRepr
 from .outcome import Decide, Outcome, RemoteError, Settle, failure_of, original
 from .presence import Counters
 from .process import ProcessPool, pack_call, run_in_child, unpack_answer
+from .taskevents import TaskEvents
 
 if TYPE_CHECKING:
     from ..app import App
@@ -58,8 +59,21 @@ class Accepted:
     label: str  # `name[id]`, as the log lines show it (made once per delivery)
 
 
+@dataclass(slots=True)
+class Running:
+    """A task being run: what `inspect active` lists and what a terminate stops."""
+
+    accepted: Accepted
+    delivery: Delivery
+    started_at_s: float  # wall clock
+    began: float  # loop time (for the loop watch)
+    runner: asyncio.Task[Any] | None
+
+
 class Executor:
-    def __init__(self, app: App, hostname: str, threads: int, processes: int) -> None:
+    def __init__(
+        self, app: App, hostname: str, threads: int, processes: int, events: TaskEvents
+    ) -> None:
         self.tasks = app.tasks
         self.replies = reply_routing(app.backend)
         self.settings = app.conf.settings
@@ -70,9 +84,18 @@ class Executor:
         self.processes = ProcessPool(processes)
         self._limiters: dict[str, RateLimiter] = {}
         self.counters = Counters()  # for this worker's presence record
-        # what runs now and what ended lately: whom to name when the loop was blocked
-        self.running: dict[str, float] = {}  # label -> loop time it started
+        # what runs now (by task id) and what ended lately: `inspect active`, terminate, and
+        # whom to name when the loop was blocked
+        self.active: dict[str, Running] = {}
         self.ended: deque[tuple[str, float]] = deque(maxlen=64)
+        # revoked ids (durable in the coordinator; kept here by the control listener) ->
+        # terminate; a revoked task that arrives is not run
+        self.revoked: dict[str, bool] = {}
+        self.terminating: set[str] = set()
+        # remote changes (`control rate_limit` / `time_limit`): task name -> new value
+        self.rates: dict[str, float | None] = {}
+        self.time_limits: dict[str, tuple[float | None, float | None]] = {}
+        self.events = events
         # built once: the success line's value, bounded (None: values are not logged at all)
         self.value_repr = (
             ValueRepr(self.settings.worker_log_value_max)
@@ -112,8 +135,19 @@ class Executor:
             self.replies.expect_reply(message.id, message.reply_to)  # rpc://: the caller's queue
         label = f"{message.task}[{message.id}]"
         log.info("Task %s received", label)
+        events = self.events
+        if events.enabled:
+            events.received(message, delivery)
+        if message.id in self.revoked:
+            log.warning("Discarding revoked task: %s", label)
+            if events.enabled:
+                events.revoked(message, terminated=False, expired=False)
+            revoked = Failure.of(TaskRevoked(f"task {label} was revoked"))
+            return decide.failed(message, revoked, delivery, Settle.ACK, state="REVOKED")
         if message.expires_at_s is not None and time.time() > message.expires_at_s:
             log.warning("Task %s expired; not run", label)
+            if events.enabled:
+                events.revoked(message, terminated=False, expired=True)
             expired = Failure.of(TaskRevoked(f"task {label} expired"))
             return decide.failed(message, expired, delivery, Settle.ACK, state="REVOKED")
         return Accepted(message, task, decide.settle_for(task), label)
@@ -122,58 +156,116 @@ class Executor:
         """Run an accepted delivery under its limits; its outcomes, in order."""
         self.counters.processed += 1
         label = accepted.label
+        task_id = accepted.message.id
         loop = asyncio.get_running_loop()
-        self.running[label] = loop.time()
+        runner = asyncio.current_task()
+        self.active[task_id] = Running(accepted, delivery, time.time(), loop.time(), runner)
         try:
             return await self._run(accepted, delivery, label)
+        except asyncio.CancelledError:
+            if task_id not in self.terminating or runner is None:
+                raise
+            runner.uncancel()  # our own cancellation (terminate): this task ends REVOKED
+            return [self._terminated(accepted, delivery)]
         finally:
-            self.running.pop(label, None)
+            self.active.pop(task_id, None)
+            self.terminating.discard(task_id)
             self.ended.append((label, loop.time()))
 
     def suspects(self, since: float) -> list[str]:
         """The tasks that ran at some moment since `since` (loop time): when the loop was
         blocked, the culprit is among them."""
-        return [*self.running, *(label for label, at in self.ended if at >= since)]
+        running = [r.accepted.label for r in self.active.values()]
+        return [*running, *(label for label, at in self.ended if at >= since)]
+
+    def terminate(self, task_id: str) -> bool:
+        """Stop a running task (a revoke with terminate): an async task is cancelled at its
+        current await; a process task's child is interrupted (killed if it does not yield);
+        a thread cannot be interrupted, so its result is discarded when it ends. True when
+        the task runs here."""
+        running = self.active.get(task_id)
+        if running is None or task_id in self.terminating:
+            return running is not None
+        self.terminating.add(task_id)
+        task = running.accepted.task
+        log.warning("Terminating task %s (revoked)", running.accepted.label)
+        if task.is_async:
+            if running.runner is not None:
+                running.runner.cancel("revoked")
+        elif task.executor == "process":
+            self.processes.interrupt(task_id)
+        return True
+
+    def _terminated(self, accepted: Accepted, delivery: Delivery) -> Outcome:
+        message = accepted.message
+        if self.events.enabled:
+            self.events.revoked(message, terminated=True, expired=False)
+        log.warning("Task %s terminated (revoked)", accepted.label)
+        revoked = Failure.of(TaskRevoked(f"task {accepted.label} was revoked and terminated"))
+        # acked, not redelivered (also a task acked on receipt: nothing left to settle)
+        settle = Settle.NONE if accepted.settle is Settle.NONE else Settle.ACK
+        return self.decide.failed(message, revoked, delivery, settle, state="REVOKED")
 
     async def _run(self, accepted: Accepted, delivery: Delivery, label: str) -> list[Outcome]:
         message, task, settle = accepted.message, accepted.task, accepted.settle
         decide = self.decide
-        if task.rate_per_s is not None:
-            await self._limiter(task).wait()
+        events = self.events
+        rate = self.rates.get(task.name, task.rate_per_s) if self.rates else task.rate_per_s
+        if rate is not None:
+            await self._limiter(task.name, rate).wait()
         started = decide.started(task, message)
         early = [started] if started is not None else []
+        if events.enabled:
+            events.started(message)
         began = time.perf_counter()
         try:
             value = await self._execute(task, message, self._request(message, delivery))
-        except Retry as retry:
-            return [*early, self._retried(message, retry, delivery, settle)]
-        except Reject as reject:
-            log.warning("Task %s rejected: %s", label, reject.reason)
-            return [*early, decide.rejected(message, reject, delivery)]
-        except WorkerLost as lost:
-            log.error("Task %s lost its process (%s); returned to the queue", label, lost)
-            return [*early, decide.lost(message, str(lost), delivery)]
-        except asyncio.CancelledError:
-            raise
+            if message.id in self.terminating:  # a thread or child that ended after all
+                return [*early, self._terminated(accepted, delivery)]
         except Exception as exc:
-            if task.autoretry_for and isinstance(original(exc), task.autoretry_for):
-                limit = task.effective_max_retries
-                if limit is None or message.retries < limit:
-                    again = Retry(exc, task.retry_delay_s(message.retries))
-                    return [*early, self._retried(message, again, delivery, settle)]
-            failure = failure_of(exc)
-            self.counters.failed += 1
-            elapsed = time.perf_counter() - began
-            local = None if isinstance(exc, RemoteError) else exc  # a child's stack is text
-            log.error("Task %s raised unexpected: %s (after %.3fs)%s", label, failure, elapsed,
-                      _child_stack(exc), exc_info=local)  # fmt: skip
-            return [*early, decide.failed(message, failure, delivery, settle)]
+            if message.id in self.terminating:  # a child interrupted by the terminate
+                return [*early, self._terminated(accepted, delivery)]
+            return [*early, self._failed(accepted, delivery, exc, began)]
         elapsed = time.perf_counter() - began
         if self.value_repr is None:
             log.info("Task %s succeeded in %.6fs", label, elapsed)
         elif log.isEnabledFor(logging.INFO):  # the value's repr only when it is written
             log.info("Task %s succeeded in %.6fs: %s", label, elapsed, self.value_repr.repr(value))
+        if events.enabled:
+            events.succeeded(message, value, elapsed)
         return [*early, decide.succeeded(task, message, value, delivery, settle)]
+
+    def _failed(
+        self, accepted: Accepted, delivery: Delivery, exc: Exception, began: float
+    ) -> Outcome:
+        """The outcome of a task that raised: retry, reject, lost process or failure."""
+        message, task, settle = accepted.message, accepted.task, accepted.settle
+        label = accepted.label
+        decide = self.decide
+        if isinstance(exc, Retry):
+            return self._retried(message, exc, delivery, settle)
+        if isinstance(exc, Reject):
+            log.warning("Task %s rejected: %s", label, exc.reason)
+            if self.events.enabled:
+                self.events.rejected(message.id, message.task, exc.requeue, exc.reason)
+            return decide.rejected(message, exc, delivery)
+        if isinstance(exc, WorkerLost):
+            log.error("Task %s lost its process (%s); returned to the queue", label, exc)
+            return decide.lost(message, str(exc), delivery)
+        if task.autoretry_for and isinstance(original(exc), task.autoretry_for):
+            limit = task.effective_max_retries
+            if limit is None or message.retries < limit:
+                again = Retry(exc, task.retry_delay_s(message.retries))
+                return self._retried(message, again, delivery, settle)
+        failure = failure_of(exc)
+        self.counters.failed += 1
+        elapsed = time.perf_counter() - began
+        local = None if isinstance(exc, RemoteError) else exc  # a child's stack is text
+        log.error("Task %s raised unexpected: %s (after %.3fs)%s", label, failure, elapsed,
+                  _child_stack(exc), exc_info=local)  # fmt: skip
+        if self.events.enabled:
+            self.events.failed(message, failure, elapsed)
+        return decide.failed(message, failure, delivery, settle)
 
     def _retried(
         self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
@@ -182,13 +274,14 @@ class Executor:
         cause = str(failure_of(retry.exc)) if retry.exc is not None else "retry requested"
         log.info("Task %s[%s] retry: Retry in %gs: %s",
                  message.task, message.id, retry.countdown_s, cause)  # fmt: skip
+        if self.events.enabled:
+            self.events.retried(message, cause, retry.countdown_s)
         return self.decide.retried(message, retry, delivery, settle)
 
-    def _limiter(self, task: Task[Any, Any]) -> RateLimiter:
-        limiter = self._limiters.get(task.name)
-        if limiter is None:
-            assert task.rate_per_s is not None
-            limiter = self._limiters[task.name] = RateLimiter(task.rate_per_s)
+    def _limiter(self, name: str, per_s: float) -> RateLimiter:
+        limiter = self._limiters.get(name)
+        if limiter is None or limiter.per_second != per_s:
+            limiter = self._limiters[name] = RateLimiter(per_s)
         return limiter
 
     def _request(self, message: Message, delivery: Delivery) -> Request:
@@ -217,9 +310,16 @@ class Executor:
         )
 
     async def _execute(self, task: Task[Any, Any], message: Message, request: Request) -> Any:
-        hard = message.time_limit_s or task.time_limit or self.settings.task_time_limit_s
+        soft_override, hard_override = self.time_limits.get(task.name, (None, None))
+        hard = (
+            message.time_limit_s
+            or hard_override
+            or task.time_limit
+            or self.settings.task_time_limit_s
+        )
         soft = (
             message.soft_time_limit_s
+            or soft_override
             or task.soft_time_limit
             or self.settings.task_soft_time_limit_s
         )
@@ -238,14 +338,16 @@ class Executor:
             module, qualname = task.fn.__module__, task.fn.__qualname__
             try:
                 future = loop.run_in_executor(
-                    self.processes.executor, run_in_child, module, qualname, payload
-                )
+                    self.processes.executor, run_in_child, module, qualname, payload,
+                    self.processes.marks,
+                )  # fmt: skip
                 answer = unpack_answer(await with_limits(future, hard))
             except BrokenProcessPool as exc:
                 self.processes.kill()
                 raise WorkerLost(f"process pool broke: {exc}") from None
             except BaseException:
-                self.processes.kill()  # the hard limit (or a cold stop): end the process
+                if message.id not in self.terminating:  # else: only its own child was ended
+                    self.processes.kill()  # the hard limit (or a cold stop): end the process
                 raise
             return _answer_value(answer)
         finally:

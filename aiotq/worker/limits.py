@@ -80,6 +80,7 @@ class RateLimiter:
     """Spaces starts evenly: a task over its rate waits for its turn; nothing is dropped."""
 
     def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
         self._interval = 1.0 / per_second
         self._next_at = 0.0
 

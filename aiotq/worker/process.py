@@ -7,15 +7,23 @@ module and finds the task by its qualified name (so process tasks are module-lev
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import importlib
 import os
+import shutil
+import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..exceptions import Retry
+from ..exceptions import Retry, TaskRevoked
 from ..protocol import Failure
 from ..request import Request, current_request
 
@@ -26,8 +34,20 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
+INTERRUPT = signal.SIGUSR1  # a terminate asks the child running that task to stop it
+KILL_AFTER_S = 3.0  # a child that has not stopped its task by then is killed
+_running: str | None = None  # in a child: the id of the task it runs now
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    if _running is not None:  # raised in the task's own code, at its next bytecode
+        raise TaskRevoked(f"task {_running} was revoked and terminated")
+
+
 def exit_with_parent(parent_pid: int) -> None:
-    """A worker killed with SIGKILL cannot stop its pool: its children notice and leave."""
+    """A worker killed with SIGKILL cannot stop its pool: its children notice and leave.
+    (The pool's initializer, so it also sets up the terminate signal.)"""
+    signal.signal(INTERRUPT, _interrupted)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -37,15 +57,28 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="aiotq-parent-watch", daemon=True).start()
 
 
-def run_in_child(module: str, qualname: str, payload: bytes) -> bytes:
-    """Entry point in the child process."""
+def run_in_child(module: str, qualname: str, payload: bytes, marks: str | None = None) -> bytes:
+    """Entry point in the child process. `marks`: the pool's directory where the child
+    notes which task it runs (`<id>` holds its pid) and the parent marks a terminate
+    (`<id>.stop`)."""
+    global _running
     args, kwargs, request = _decode(payload)
+    task_id = request["id"]
+    running_file = Path(marks, _file_name(task_id)) if marks else None
+    if running_file is not None:
+        if _stop_file(running_file).exists():  # revoked before it started here
+            return _encode({"error": Failure.of(TaskRevoked(f"task {task_id} was revoked"))})
+        running_file.write_text(str(os.getpid()))
     target: Any = importlib.import_module(module)
     for part in qualname.split("."):
         target = getattr(target, part)
     token = current_request.set(Request(**request, called_directly=False))
     try:
-        value = target(*args, **kwargs)  # a Task passes itself first when bound
+        _running = task_id
+        try:
+            value = target(*args, **kwargs)  # a Task passes itself first when bound
+        finally:
+            _running = None
         return _encode({"ok": value})
     except Retry as retry:
         cause = Failure.of(retry.exc) if retry.exc is not None else None
@@ -54,6 +87,9 @@ def run_in_child(module: str, qualname: str, payload: bytes) -> bytes:
         return _encode({"error": Failure.of(exc)})
     finally:
         current_request.reset(token)
+        if running_file is not None:
+            with contextlib.suppress(OSError):
+                running_file.unlink()
 
 
 def pack_call(args: list[Any], kwargs: dict[str, Any], request: Request) -> bytes:
@@ -81,6 +117,33 @@ class ProcessPool:
     def __init__(self, size: int) -> None:
         self._size = size
         self._pool: ProcessPoolExecutor | None = None
+        self._marks: str | None = None
+
+    @property
+    def marks(self) -> str:
+        """The directory where children note which task they run (for a terminate)."""
+        if self._marks is None:
+            self._marks = tempfile.mkdtemp(prefix="aiotq-tasks-")
+        return self._marks
+
+    def interrupt(self, task_id: str) -> None:
+        """Stop one task in its child, the others untouched: the child raises TaskRevoked
+        in the task's code; one stuck in C code that ignores it is killed after
+        KILL_AFTER_S (the pool is then replaced, and the tasks sharing it run again)."""
+        running_file = Path(self.marks, _file_name(task_id))
+        _stop_file(running_file).touch()
+        pid = _pid_in(running_file)
+        if pid is None:
+            return  # not started yet: the child refuses it when it comes to it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, INTERRUPT)
+
+        def kill_if_stuck() -> None:
+            if _pid_in(running_file) == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+        asyncio.get_running_loop().call_later(KILL_AFTER_S, kill_if_stuck)
 
     @property
     def executor(self) -> ProcessPoolExecutor:
@@ -110,3 +173,22 @@ class ProcessPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._marks is not None:
+            shutil.rmtree(self._marks, ignore_errors=True)
+            self._marks = None
+
+
+def _file_name(task_id: str) -> str:
+    """A task id may hold any character: the file is named by its digest."""
+    return hashlib.sha1(task_id.encode()).hexdigest()
+
+
+def _stop_file(running_file: Path) -> Path:
+    return running_file.with_name(running_file.name + ".stop")
+
+
+def _pid_in(running_file: Path) -> int | None:
+    try:
+        return int(running_file.read_text())
+    except (OSError, ValueError):
+        return None

@@ -14,22 +14,26 @@ import asyncio
 import contextlib
 import logging
 import os
+import platform
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._backoff import Backoff
 from .._version import __version__
 from ..beat import Beat
-from ..brokers.base import SUSPECT_DELIVERIES
+from ..brokers.base import SUSPECT_DELIVERIES, Consumer
+from ..events import Dispatcher
 from ..exceptions import AiotqError, Transient
 from ..urls import mask_password
+from .control import ControlListener
 from .execute import Executor
 from .outcome import Outcome, Settle
-from .presence import Announcer
+from .presence import Announcer, rss_bytes
 from .publisher import ResultPublisher
+from .taskevents import TaskEvents
 
 if TYPE_CHECKING:
     from ..app import App
@@ -53,6 +57,7 @@ class Worker:
         hostname: str | None = None,
         handle_signals: bool = True,
         beat: bool = False,
+        send_events: bool | None = None,
     ) -> None:
         self.app = app
         settings = app.finalize()
@@ -73,7 +78,12 @@ class Worker:
         )
         self.hostname = hostname or f"aiotq@{socket.gethostname()}"
         self.handle_signals = handle_signals
+        # -E: task events from the start (worker events are always sent)
+        self.send_events = settings.worker_send_task_events if send_events is None else send_events
         self.ready = asyncio.Event()
+        self._resubscribe = asyncio.Event()  # add_consumer / cancel_consumer changed queues
+        self._consumer: Consumer[Any] | None = None  # the broker's, for `inspect reserved`
+        self._waiting: Delivery | None = None  # fetched, waiting for a free slot
         self._stop = asyncio.Event()
         self._cold = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -106,7 +116,11 @@ class Worker:
         broker, backend = self.app.broker, self.app.backend
         await self._connect(broker, settings.broker_connection_retry_on_startup)
         await self._connect(backend, settings.broker_connection_retry_on_startup)
-        executor = Executor(self.app, self.hostname, self.threads, self.processes)
+        dispatcher = Dispatcher(broker, self.hostname, keep=settings.event_keep,
+                                ttl_s=settings.event_ttl_s)  # fmt: skip
+        task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max)
+        executor = Executor(self.app, self.hostname, self.threads, self.processes, task_events)
+        control = ControlListener(self, executor)
         publisher = ResultPublisher(
             backend, broker, settings.result_expires_s, capacity=self.prefetch
         )
@@ -118,6 +132,11 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 publishing = group.create_task(publisher.run(), name="result-publisher")
+                sending = group.create_task(
+                    dispatcher.run(settings.worker_tick_interval_s), name="event-sender"
+                )
+                await self._retrying_start(control.start, "listen for control commands")
+                listening = group.create_task(control.run(), name="control")
                 ticking = group.create_task(self._tick(), name="scheduler-tick")
                 beating = None
                 if self.beat is not None:
@@ -142,6 +161,10 @@ class Worker:
                 if subscribed.is_set():
                     self.ready.set()
                     log.info("%s ready.", self.hostname)
+                    self._worker_event(dispatcher, executor, "worker-online")
+                heartbeats = group.create_task(
+                    self._heartbeats(dispatcher, executor), name="heartbeat-events"
+                )
                 await self._stop.wait()
                 if beating is not None:
                     beating.cancel()  # first: hand the lead over while the rest finishes
@@ -152,6 +175,10 @@ class Worker:
                 await self._finish_publishing(publisher, publishing)
                 ticking.cancel()
                 watching.cancel()
+                listening.cancel()
+                heartbeats.cancel()
+                self._worker_event(dispatcher, executor, "worker-offline")
+                sending.cancel()  # it sends what is left first, briefly
                 if announcing is not None and announcer is not None:
                     announcing.cancel()  # a warm stop: gone from `aiotq status` at once
                     with contextlib.suppress(TimeoutError):  # else it lapses: never wait long
@@ -195,10 +222,48 @@ class Worker:
                 log.warning("cannot %s (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
 
+    def reserved(self) -> list[Delivery]:
+        """Fetched and not yet running: `inspect reserved`."""
+        held = list(self._consumer.fetched) if self._consumer is not None else []
+        return [self._waiting, *held] if self._waiting is not None else held
+
+    def change_queues(self, queues: list[str]) -> None:
+        """Consume from `queues` from now on (add_consumer / cancel_consumer): the consumer
+        is made anew; running tasks go on, fetched ones go back first."""
+        self.queues[:] = queues  # in place: presence shows the same list
+        self._resubscribe.set()
+
     async def _consume(
         self, executor: Executor, publisher: ResultPublisher, on_ready: Callable[[], None]
     ) -> None:
-        async for delivery in self.app.broker.consume(self.queues, self.prefetch, on_ready):
+        def subscribed(consumer: Consumer[Any]) -> None:
+            self._consumer = consumer
+            on_ready()
+
+        while True:
+            self._resubscribe.clear()
+            feeding = asyncio.ensure_future(self._feed(executor, publisher, subscribed))
+            changed = asyncio.ensure_future(self._resubscribe.wait())
+            try:
+                await asyncio.wait([feeding, changed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                if not feeding.done():
+                    feeding.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await feeding
+            if not self._resubscribe.is_set():
+                feeding.result()  # it ended: with its error, if any
+                return
+            log.info("now consuming from: %s", ", ".join(self.queues))
+
+    async def _feed(
+        self,
+        executor: Executor,
+        publisher: ResultPublisher,
+        on_ready: Callable[[Consumer[Any]], None],
+    ) -> None:
+        async for delivery in self.app.broker.consume(list(self.queues), self.prefetch, on_ready):
             suspect = delivery.delivery_count >= SUSPECT_DELIVERIES
             if suspect:  # it may kill us: run it with nothing else running beside it
                 log.warning(
@@ -206,7 +271,16 @@ class Worker:
                     delivery.headers.get("id", "?"), delivery.delivery_count,
                 )  # fmt: skip
                 await self._quiesce(publisher)
-            await self._slots.acquire()
+            self._waiting = delivery
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                # not ours to run now: back to the broker with the rest of what was fetched
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(delivery.reject(requeue=True, reason="given back"))
+                raise
+            finally:
+                self._waiting = None
             runner = asyncio.create_task(self._run_one(executor, publisher, delivery))
             self._inflight.add(runner)
             runner.add_done_callback(self._inflight.discard)
@@ -289,6 +363,22 @@ class Worker:
             publishing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publishing
+
+    def _worker_event(self, dispatcher: Dispatcher, executor: Executor, kind: str) -> None:
+        counters = executor.counters
+        dispatcher.send(kind, {
+            "freq": self.app.conf.settings.worker_heartbeat_s, "sw_ident": "aiotq",
+            "sw_ver": __version__, "sw_sys": platform.system(),
+            "active": len(executor.active), "processed": counters.processed,
+            "loadavg": list(os.getloadavg()), "rss_bytes": rss_bytes(),
+            "queues": list(self.queues), "concurrency": self.concurrency,
+        })  # fmt: skip
+
+    async def _heartbeats(self, dispatcher: Dispatcher, executor: Executor) -> None:
+        interval = self.app.conf.settings.worker_heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            self._worker_event(dispatcher, executor, "worker-heartbeat")
 
     def _announcer(self, executor: Executor) -> Announcer | None:
         coordinator = self.app.coordinator
