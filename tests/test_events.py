@@ -4,6 +4,8 @@ monitor that starts late (Redis, SQLite), bounded when nobody listens."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -211,3 +213,32 @@ def test_without_a_monitor_events_stay_bounded_over_20000_tasks(redis_url: str) 
         assert kept <= 1000 + 200  # event_keep batches (trimmed approximately), not 20,000
     finally:
         worker.stop()
+
+
+def test_aiotq_events_dump_prints_json_lines(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/aiotq.db"
+    worker = WorkerProcess(url, "-E", "-n", "dump@here")
+    worker.ready()
+    try:
+        app = build(url, url)
+
+        async def run_one() -> str:
+            result = await app.tasks["e2e.add"].send(20, 22)
+            assert await result.get(timeout=10) == 42
+            await app.aclose()
+            return result.id
+
+        task_id = asyncio.run(run_one())
+        done = subprocess.run(
+            [sys.executable, "-m", "aiotq", "events", "-A", "tests.apps:tq", "--dump",
+             "--idle", "1"], cwd=ROOT, env={**os.environ, "AIOTQ_BROKER_URL": url},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    mine = [e for e in events if e.get("uuid") == task_id]
+    assert [e["type"] for e in mine] == ["task-received", "task-started", "task-succeeded"]
+    assert mine[-1]["result"] == 42 and mine[0]["hostname"] == "dump@here"
+    assert any(e["type"] == "worker-online" for e in events)
