@@ -88,6 +88,27 @@ CREATE TABLE IF NOT EXISTS bus (      -- the broker's broadcasts (control, repli
 );
 CREATE INDEX IF NOT EXISTS bus_topic ON bus (topic, id);
 CREATE INDEX IF NOT EXISTS bus_expiry ON bus (expires_ms);
+CREATE TABLE IF NOT EXISTS history (  -- task history (aiotq/history.py), newest by updated_ms
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    name TEXT,
+    worker TEXT,
+    queue TEXT,
+    root_id TEXT,
+    updated_ms INTEGER NOT NULL,
+    search TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_updated ON history (updated_ms);
+CREATE INDEX IF NOT EXISTS history_state ON history (state, updated_ms);
+CREATE INDEX IF NOT EXISTS history_name ON history (name, updated_ms);
+CREATE INDEX IF NOT EXISTS history_worker ON history (worker, updated_ms);
+CREATE INDEX IF NOT EXISTS history_queue ON history (queue, updated_ms);
+CREATE INDEX IF NOT EXISTS history_root ON history (root_id);
+CREATE TABLE IF NOT EXISTS history_minutes (
+    minute_s INTEGER PRIMARY KEY,
+    counts BLOB NOT NULL
+);
 """
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol
 from . import result as _result
 from ._sqlite import default_url
 from .backends import make_backend, make_coordinator
-from .backends.base import reply_routing
+from .backends.base import make_history, reply_routing
 from .brokers import default_backend_url, make_broker
 from .canvas import Signature
 from .control import Control
@@ -31,6 +31,7 @@ from .task import Task
 if TYPE_CHECKING:
     from .backends.base import Coordinator, ResultStore
     from .brokers.base import Broker
+    from .history import HistoryStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,6 +183,13 @@ class App:
     def control(self) -> Control:
         """Remote control and inspection of the workers, as Celery's `app.control`."""
         return Control(self.producer)
+
+    @functools.cached_property
+    def history(self) -> HistoryStore | None:
+        """Task history kept in the result backend (the dashboard's task pages); None with
+        rpc:// or `history_max_tasks = 0`."""
+        settings = self.finalize()
+        return make_history(self.backend, settings.history_max_tasks, settings.history_max_age_s)
 
     @functools.cached_property
     def events(self) -> Events:

@@ -89,6 +89,9 @@ def worker(
         bool,
         typer.Option("--task-events", "-E", help="Send task events (for `aiotq events`)."),
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port.")
+    ] = None,
 ) -> None:
     """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
     setup_logging(loglevel)
@@ -107,6 +110,7 @@ def worker(
             hostname=hostname,
             beat=beat,
             send_events=True if task_events else None,
+            metrics_port=metrics_port,
         )
         run(w.run())
     except AiotqError as exc:

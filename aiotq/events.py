@@ -71,7 +71,8 @@ class Dispatcher:
         self.dropped = 0
         self._buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER_CAP)
 
-    def send(self, type_: str, fields: dict[str, Any]) -> None:
+    def stamp(self, type_: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """`fields` made an event: its type and the fields every event carries."""
         self.clock += 1
         fields["type"] = type_
         fields["hostname"] = self.hostname
@@ -79,10 +80,17 @@ class Dispatcher:
         fields["clock"] = self.clock
         fields["pid"] = self.pid
         fields["utcoffset"] = self.utcoffset
+        return fields
+
+    def send(self, type_: str, fields: dict[str, Any]) -> None:
+        self.put(self.stamp(type_, fields))
+
+    def put(self, event: dict[str, Any]) -> None:
+        """A stamped event, sent with the next post."""
         buffer = self._buffer
         if len(buffer) == BUFFER_CAP:
             self.dropped += 1
-        buffer.append(fields)
+        buffer.append(event)
 
     async def flush(self) -> None:
         if not self._buffer:

@@ -69,6 +69,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # revokes are kept this long (a day of results plus Celery's 3 h): a worker that starts
     # later, or a countdown task due later, still honours them
     revoke_expires_s: float = 97200.0
+    # task history (aiotq/history.py), written by every worker into the result backend
+    history_max_tasks: int = 100_000  # 0: keep none
+    history_max_age_s: float = 86400.0
+    worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
     broker_pool_size: int = 10
     broker_connection_timeout_s: float = 5.0

@@ -20,7 +20,10 @@ implementation holds per loop (clients, listeners, inboxes) lives in an `aiotq._
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..history import HistoryStore
 
 
 class ResultStore(Protocol):
@@ -93,6 +96,20 @@ class ReplyRouting(Protocol):
 
     def expect_reply(self, task_id: str, reply_to: str) -> None:
         """The worker received a message naming its caller's queue."""
+
+
+@runtime_checkable
+class HasHistory(Protocol):
+    """A store that can keep task history (memory://, sqlite://, redis://)."""
+
+    def task_history(self, max_tasks: int, max_age_s: float) -> HistoryStore: ...
+
+
+def make_history(store: ResultStore, max_tasks: int, max_age_s: float) -> HistoryStore | None:
+    """The task history kept beside a store's results; None for rpc:// (or max_tasks 0)."""
+    if max_tasks <= 0 or not isinstance(store, HasHistory):
+        return None
+    return store.task_history(max_tasks, max_age_s)
 
 
 def reply_routing(store: ResultStore) -> ReplyRouting | None:

@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from .history_memory import MemoryHistory
+
 
 class MemoryBackend:
     def __init__(self, url: str = "memory://") -> None:
@@ -19,6 +21,12 @@ class MemoryBackend:
         self._leases: dict[str, tuple[str, float]] = {}
         self._values: dict[str, tuple[bytes, float]] = {}  # the coordinator's key-value
         self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
+        self._history: MemoryHistory | None = None  # one per backend: it is the store itself
+
+    def task_history(self, max_tasks: int, max_age_s: float) -> MemoryHistory:
+        if self._history is None:
+            self._history = MemoryHistory(max_tasks, max_age_s)
+        return self._history
 
     async def connect(self) -> None:
         return None

@@ -26,6 +26,7 @@ from .._loops import PerLoop
 from .._redis import CONNECTION_ERRORS, REDIS_ERRORS, LoopClients
 from ..exceptions import BackendConnectionError, Transient
 from ..urls import mask_password
+from .history_redis import RedisHistory
 
 log = logging.getLogger("aiotq.backend.redis")
 
@@ -183,6 +184,9 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         return f"RedisBackend({mask_password(self.url)!r})"
+
+    def task_history(self, max_tasks: int, max_age_s: float) -> RedisHistory:
+        return RedisHistory(self._clients, max_tasks, max_age_s)
 
     async def connect(self) -> None:
         async with self._clients.guarded(BackendConnectionError):

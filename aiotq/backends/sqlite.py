@@ -19,6 +19,7 @@ from .._backoff import Backoff
 from .._loops import PerLoop
 from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import AiotqError, BackendError, BackendUnavailable
+from .history_sqlite import SqliteHistory
 
 log = logging.getLogger("aiotq.backend")
 
@@ -46,6 +47,9 @@ class SqliteBackend:
 
     def __repr__(self) -> str:
         return f"SqliteBackend({self.url!r})"
+
+    def task_history(self, max_tasks: int, max_age_s: float) -> SqliteHistory:
+        return SqliteHistory(self._db, max_tasks, max_age_s)
 
     async def connect(self) -> None:
         await self._db.run(lambda connection: None)

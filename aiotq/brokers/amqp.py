@@ -39,7 +39,7 @@ from .._loops import PerLoop
 from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
 from .amqp_bus import AmqpBus
-from .base import Consumer, Delivery, ack_many
+from .base import Consumer, Delivery, QueueStats, ack_many
 from .bus import Subscription
 
 log = logging.getLogger("aiotq.broker")
@@ -449,6 +449,25 @@ class AmqpBroker:
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
         return await self._bus.subscribe(topic, replay=replay)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Ready counts from a passive declare; RabbitMQ tells neither the unacknowledged
+        count (its management API does) nor which delayed messages are for this queue."""
+        link = await self._link()
+        channel = await link.connection.channel()
+        try:
+            ready = await channel.declare_queue(queue, passive=True)
+            dead = await channel.declare_queue(f"{queue}.dead", passive=True)
+            ready_count = ready.declaration_result.message_count
+            dead_count = dead.declaration_result.message_count
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return QueueStats(0, None, None, 0)  # not declared yet: nothing was sent to it
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f"cannot reach RabbitMQ: {exc}") from exc
+        finally:
+            with contextlib.suppress(*SETTLE_ERRORS):
+                await channel.close()
+        return QueueStats(int(ready_count or 0), None, None, int(dead_count or 0))
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         """RabbitMQ cannot list what waits in the delay cascade without taking it (a TTL

@@ -80,6 +80,10 @@ class Broker(Bus, Protocol):
     async def tick(self) -> None:
         """Upkeep from the worker's scheduler tick: move due delayed messages, keep leases."""
 
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Ready, delayed, unacknowledged and dead-lettered counts (dashboard, metrics)."""
+        ...
+
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         """Delayed messages of `queues` (countdown, eta, retries) with their due time (epoch
         seconds), soonest first: `aiotq inspect scheduled`."""
@@ -94,6 +98,16 @@ class Broker(Bus, Protocol):
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         """Move up to `limit` dead letters (oldest first) back to the queue; return how many."""
         ...
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """One queue's counts (None where the broker cannot tell)."""
+
+    ready: int | None
+    delayed: int | None
+    unacked: int | None
+    dead: int | None
 
 
 class Primitives(Protocol):

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from .base import Consumer, Delivery, ack_many
+from .base import Consumer, Delivery, QueueStats, ack_many
 from .bus import MemoryBus, Subscription
 
 Item = tuple[bytes, dict[str, str], int]  # body, headers, times handed out before
@@ -180,6 +180,14 @@ class MemoryBroker:
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
         return await self._bus.subscribe(topic, replay=replay)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        with self._lock:
+            ready = len(self._ready.get(queue, ()))
+            delayed = sum(1 for entry in self._delayed if entry[2] == queue)
+            dead = len(self._dead.get(queue, ()))
+        unacked = sum(1 for c in list(self._consumers) for d in list(c.held) if d.queue == queue)
+        return QueueStats(ready, delayed, unacked, dead)
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         wall = time.time() - time.monotonic()  # the heap is on the monotonic clock

@@ -54,7 +54,7 @@ from ..exceptions import BrokerConnectionError, BrokerError, Transient
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
 from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
-from .base import Consumer, Delivery, ack_many
+from .base import Consumer, Delivery, QueueStats, ack_many
 from .bus import Subscription
 from .redis_bus import RedisBus
 
@@ -437,6 +437,24 @@ class RedisBroker:
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
         return await self._bus.subscribe(topic, replay=replay)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        queue_keys = keys(queue)
+        async with self._clients.guarded(BrokerConnectionError):
+            pipe = self._clients.get().pipeline(transaction=False)
+            for stream in queue_keys.streams:
+                pipe.xlen(stream)
+                pipe.xpending(stream, GROUP)
+            pipe.zcard(queue_keys.delayed)
+            pipe.xlen(queue_keys.dead)
+            answers = await pipe.execute(raise_on_error=False)
+        total = pending = 0
+        for length, summary in zip(answers[0:-2:2], answers[1:-2:2], strict=True):
+            total += length if isinstance(length, int) else 0
+            if isinstance(summary, dict):  # NOGROUP (never declared) is an error: none
+                pending += int(summary.get("pending") or 0)
+        delayed, dead = (a if isinstance(a, int) else 0 for a in answers[-2:])
+        return QueueStats(total - pending, delayed, pending, dead)
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         async with self._clients.guarded(BrokerConnectionError):

@@ -26,7 +26,7 @@ import msgspec
 from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import BrokerError, BrokerUnavailable
 from ..protocol import BROKEN_ENVELOPE
-from .base import SUSPECT_DELIVERIES, Consumer, Delivery, ack_many
+from .base import SUSPECT_DELIVERIES, Consumer, Delivery, QueueStats, ack_many
 from .bus import Subscription
 from .sqlite_bus import SqliteBus
 
@@ -266,6 +266,22 @@ class SqliteBroker:
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> Subscription:
         return await self._bus.subscribe(topic, replay=replay)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        def count(connection: sqlite3.Connection) -> QueueStats:
+            now = _now_ms()
+            ready, delayed, unacked = connection.execute(
+                "SELECT COALESCE(SUM(due_ms <= ? AND lease_ms <= ?), 0),"
+                " COALESCE(SUM(due_ms > ?), 0), COALESCE(SUM(lease_ms > ?), 0)"
+                " FROM messages WHERE queue = ?",
+                (now, now, now, now, queue),
+            ).fetchone()
+            (dead,) = connection.execute(
+                "SELECT COUNT(*) FROM dead WHERE queue = ?", (queue,)
+            ).fetchone()
+            return QueueStats(int(ready), int(delayed), int(unacked), int(dead))
+
+        return await self._db.run(count)
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         def read(connection: sqlite3.Connection) -> list[tuple[float, bytes]]:

@@ -184,7 +184,7 @@ class ControlListener:
                       "retried": counters.retried},
             "rusage": {"utime": usage.ru_utime, "stime": usage.ru_stime, "maxrss": usage.ru_maxrss},
             "loop": {"blocked": counters.loop_blocked, "lag_max_s": counters.loop_lag_max_s},
-            "events": {"task_events": self.executor.events.enabled,
+            "events": {"task_events": self.executor.events.publish,
                        "dropped": self.executor.events.dispatcher.dropped},
         }  # fmt: skip
 
@@ -260,11 +260,11 @@ class ControlListener:
         return {"ok": "shutting down"}  # the stop itself follows the reply (handle())
 
     async def _do_enable_events(self) -> Any:
-        self.executor.events.enabled = True
+        self.executor.events.set_publish(True)
         return {"ok": "task events enabled"}
 
     async def _do_disable_events(self) -> Any:
-        self.executor.events.enabled = False
+        self.executor.events.set_publish(False)
         return {"ok": "task events disabled"}
 
     # -- helpers -----------------------------------------------------------------------

@@ -26,13 +26,15 @@ from .._version import __version__
 from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES, Consumer
 from ..events import Dispatcher
-from ..exceptions import AiotqError, Transient
+from ..exceptions import AiotqError, ConfigurationError, Transient
+from ..metrics import TaskMetrics
 from ..urls import mask_password
 from .control import ControlListener
 from .execute import Executor
 from .outcome import Outcome, Settle
 from .presence import Announcer, rss_bytes
 from .publisher import ResultPublisher
+from .recorder import HistoryRecorder
 from .taskevents import TaskEvents
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class Worker:
         handle_signals: bool = True,
         beat: bool = False,
         send_events: bool | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.app = app
         settings = app.finalize()
@@ -80,6 +83,9 @@ class Worker:
         self.handle_signals = handle_signals
         # -E: task events from the start (worker events are always sent)
         self.send_events = settings.worker_send_task_events if send_events is None else send_events
+        self.metrics_port = (
+            metrics_port if metrics_port is not None else settings.worker_metrics_port
+        )
         self.ready = asyncio.Event()
         self._resubscribe = asyncio.Event()  # add_consumer / cancel_consumer changed queues
         self._consumer: Consumer[Any] | None = None  # the broker's, for `inspect reserved`
@@ -118,8 +124,15 @@ class Worker:
         await self._connect(backend, settings.broker_connection_retry_on_startup)
         dispatcher = Dispatcher(broker, self.hostname, keep=settings.event_keep,
                                 ttl_s=settings.event_ttl_s)  # fmt: skip
-        task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max)
+        history = self.app.history
+        recorder = HistoryRecorder(history) if history is not None else None
+        sinks = [recorder.feed] if recorder is not None else []
+        metrics = TaskMetrics(self.hostname) if self.metrics_port else None
+        if metrics is not None:
+            sinks.append(metrics.feed)
+        task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max, sinks)
         executor = Executor(self.app, self.hostname, self.threads, self.processes, task_events)
+        metrics_server = self._serve_metrics(metrics, executor) if metrics is not None else None
         control = ControlListener(self, executor)
         publisher = ResultPublisher(
             backend, broker, settings.result_expires_s, capacity=self.prefetch
@@ -135,6 +148,10 @@ class Worker:
                 sending = group.create_task(
                     dispatcher.run(settings.worker_tick_interval_s), name="event-sender"
                 )
+                recording = None
+                if recorder is not None:
+                    interval = settings.worker_tick_interval_s
+                    recording = group.create_task(recorder.run(interval), name="history")
                 await self._retrying_start(control.start, "listen for control commands")
                 listening = group.create_task(control.run(), name="control")
                 ticking = group.create_task(self._tick(), name="scheduler-tick")
@@ -179,6 +196,8 @@ class Worker:
                 heartbeats.cancel()
                 self._worker_event(dispatcher, executor, "worker-offline")
                 sending.cancel()  # it sends what is left first, briefly
+                if recording is not None:
+                    recording.cancel()  # the same: what is left is written first
                 if announcing is not None and announcer is not None:
                     announcing.cancel()  # a warm stop: gone from `aiotq status` at once
                     with contextlib.suppress(TimeoutError):  # else it lapses: never wait long
@@ -195,6 +214,9 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             executor.close()
+            if metrics_server is not None and metrics is not None:
+                metrics.offline()
+                metrics_server.shutdown()
             await self.app.aclose()
             log.info("%s stopped.", self.hostname)
 
@@ -363,6 +385,22 @@ class Worker:
             publishing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publishing
+
+    def _serve_metrics(self, metrics: TaskMetrics, executor: Executor) -> Any:
+        counters = executor.counters
+        metrics.watch(
+            active=lambda: len(executor.active), prefetched=lambda: len(self.reserved()),
+            lag_max_s=lambda: counters.loop_lag_max_s, blocked=lambda: counters.loop_blocked,
+        )  # fmt: skip
+        assert self.metrics_port is not None
+        try:
+            server = metrics.serve(self.metrics_port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on port {self.metrics_port}: {exc}"
+            ) from None
+        log.info("metrics on http://0.0.0.0:%d/metrics", self.metrics_port)
+        return server
 
     def _worker_event(self, dispatcher: Dispatcher, executor: Executor, kind: str) -> None:
         counters = executor.counters

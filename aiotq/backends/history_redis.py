@@ -1,0 +1,211 @@
+"""Task history in the Redis result backend.
+
+    {aiotq:h}:t:<id>          the record (msgpack), with the history's max age as TTL
+    {aiotq:h}:all             sorted set: id -> updated (ms)
+    {aiotq:h}:state:<S>       the same per state, name, worker, queue and root id
+    {aiotq:h}:name:<n> ...
+    {aiotq:h}:indexes         the index sets that exist (for trimming)
+    {aiotq:h}:names           every task name seen
+    {aiotq:h}:m:<minute>      per-minute counters (msgpack), with the max age as TTL
+
+Every key shares the hash tag `{aiotq:h}`, so it works on Cluster. A tick's events cost two
+round trips (read the records it changes, write them and their indexes). A page is one
+ZREVRANGEBYSCORE on the narrowest index (the intersection of several, kept 10 s, when more
+than one filter is given); `q` (a substring) reads the newest matches in batches and keeps
+those that contain it, looking at most `Q_SCAN_LIMIT` records. Trimming (every 30 s) cuts
+every index below the oldest kept score; an id whose record is gone is dropped when met.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from .._redis import LoopClients
+from ..exceptions import BackendConnectionError
+from ..history import (
+    BUCKETS,
+    Minute,
+    MinuteCounts,
+    Page,
+    TaskQuery,
+    TaskRecord,
+    matches,
+    merge,
+    minute_counts,
+    task_events,
+)
+
+P = "{aiotq:h}"
+TRIM_EVERY_S = 30.0
+Q_SCAN_LIMIT = 20_000
+BATCH = 500
+_encode = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
+
+
+def _indexes(record: TaskRecord) -> list[str]:
+    found = [f"{P}:all", f"{P}:state:{record.state}"]
+    for kind, value in (("name", record.name), ("worker", record.worker),
+                        ("queue", record.queue), ("root", record.root_id)):  # fmt: skip
+        if value:
+            found.append(f"{P}:{kind}:{value}")
+    return found
+
+
+class RedisHistory:
+    def __init__(self, clients: LoopClients, max_tasks: int, max_age_s: float) -> None:
+        self._clients = clients
+        self.max_tasks = max_tasks
+        self.max_age_s = max_age_s
+        self._trimmed_at = 0.0
+        self.trim_every_s = TRIM_EVERY_S
+
+    async def record(self, events: Sequence[dict[str, Any]]) -> None:
+        events = task_events(events)
+        if not events:
+            return
+        ids = list(dict.fromkeys(e["uuid"] for e in events))
+        client: Any = self._clients.get()
+        ttl_ms = int(self.max_age_s * 1000)
+        async with self._clients.guarded(BackendConnectionError):
+            stored = await client.mget([f"{P}:t:{i}" for i in ids])
+            before = {i: _decode_record(d) for i, d in zip(ids, stored, strict=True) if d}
+            after = dict(before)
+            for event in events:
+                after[event["uuid"]] = merge(after.get(event["uuid"]), event)
+            pipe = client.pipeline(transaction=False)
+            for task_id, record in after.items():
+                old = before.get(task_id)
+                if old is not None:
+                    stale = set(_indexes(old)) - set(_indexes(record))
+                    for key in stale:
+                        pipe.zrem(key, task_id)
+                score = int(record.updated_at_s * 1000)
+                keys = _indexes(record)
+                for key in keys:
+                    pipe.zadd(key, {task_id: score})
+                pipe.sadd(f"{P}:indexes", *keys)
+                if record.name:
+                    pipe.sadd(f"{P}:names", record.name)
+                pipe.set(f"{P}:t:{task_id}", _encode(record), px=ttl_ms)
+            for minute_s, counts in minute_counts(events).items():
+                key = f"{P}:m:{minute_s}"  # a hash of counters: HINCRBY adds atomically
+                for field in ("succeeded", "failed", "retried", "revoked"):
+                    if getattr(counts, field):
+                        pipe.hincrby(key, field, getattr(counts, field))
+                for index, count in enumerate(counts.buckets):
+                    if count:
+                        pipe.hincrby(key, f"b{index}", count)
+                pipe.pexpire(key, ttl_ms + 60_000)
+            await pipe.execute()
+        if time.monotonic() - self._trimmed_at > self.trim_every_s:
+            self._trimmed_at = time.monotonic()
+            await self._trim()
+
+    async def _trim(self) -> None:
+        client: Any = self._clients.get()
+        async with self._clients.guarded(BackendConnectionError):
+            cut_ms = int((time.time() - self.max_age_s) * 1000)
+            over = await client.zrevrange(
+                f"{P}:all", self.max_tasks, self.max_tasks, withscores=True
+            )
+            if over:
+                cut_ms = max(cut_ms, int(over[0][1]) + 1)
+                doomed = await client.zrangebyscore(f"{P}:all", "-inf", cut_ms - 1)
+                for start in range(0, len(doomed), BATCH):
+                    await client.delete(
+                        *[f"{P}:t:{i.decode()}" for i in doomed[start : start + BATCH]]
+                    )
+            indexes = await client.smembers(f"{P}:indexes")
+            pipe = client.pipeline(transaction=False)
+            for key in indexes:
+                pipe.zremrangebyscore(key, "-inf", cut_ms - 1)
+            await pipe.execute()
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self._clients.guarded(BackendConnectionError):
+            client: Any = self._clients.get()
+            data = await client.get(f"{P}:t:{task_id}")
+        return _decode_record(data) if data else None
+
+    async def search(self, query: TaskQuery) -> Page:
+        client: Any = self._clients.get()
+        filters = [f"{P}:{kind}:{value}" for kind, value in (
+            ("state", query.state), ("name", query.name), ("worker", query.worker),
+            ("queue", query.queue), ("root", query.root_id)) if value]  # fmt: skip
+        low = int(query.since_s * 1000) if query.since_s is not None else "-inf"
+        high = int(query.until_s * 1000) if query.until_s is not None else "+inf"
+        start = (max(query.page, 1) - 1) * query.per_page
+        async with self._clients.guarded(BackendConnectionError):
+            key = filters[0] if len(filters) == 1 else f"{P}:all"
+            if len(filters) > 1:
+                key = f"{P}:tmp:{uuid.uuid4().hex}"
+                pipe = client.pipeline(transaction=False)
+                pipe.zinterstore(key, filters, aggregate="MAX")
+                pipe.pexpire(key, 10_000)
+                await pipe.execute()
+            if not query.q:
+                total = await client.zcount(key, low, high)
+                ids = await client.zrevrangebyscore(key, high, low, start=start, num=query.per_page)
+                records = await self._records(client, key, ids)
+                return Page(records=records, total=int(total), page=query.page,
+                            per_page=query.per_page)  # fmt: skip
+            return await self._scan(client, key, query, low, high, start)
+
+    async def _scan(
+        self, client: Any, key: str, query: TaskQuery, low: Any, high: Any, start: int
+    ) -> Page:
+        """`q`: the newest records of the other filters that contain it (at most
+        Q_SCAN_LIMIT looked at; `total` counts the matches among those)."""
+        found: list[TaskRecord] = []
+        offset = 0
+        while offset < Q_SCAN_LIMIT:
+            ids = await client.zrevrangebyscore(key, high, low, start=offset, num=BATCH)
+            if not ids:
+                break
+            offset += len(ids)
+            found.extend(r for r in await self._records(client, key, ids) if matches(r, query))
+        return Page(records=found[start : start + query.per_page], total=len(found),
+                    page=query.page, per_page=query.per_page)  # fmt: skip
+
+    async def _records(self, client: Any, key: str, ids: list[bytes]) -> list[TaskRecord]:
+        if not ids:
+            return []
+        data = await client.mget([f"{P}:t:{i.decode()}" for i in ids])
+        gone = [i for i, d in zip(ids, data, strict=True) if d is None]
+        if gone:  # expired or trimmed: drop it from this index as we meet it
+            await client.zrem(key, *gone)
+        return [_decode_record(d) for d in data if d is not None]
+
+    async def names(self) -> list[str]:
+        async with self._clients.guarded(BackendConnectionError):
+            client: Any = self._clients.get()
+            names = await client.smembers(f"{P}:names")
+        return sorted(n.decode() for n in names)
+
+    async def minutes(self, since_s: float) -> list[Minute]:
+        first = int(since_s) // 60 * 60
+        now = int(time.time()) // 60 * 60
+        starts = list(range(first, now + 60, 60))[-1440:]  # a day at most
+        async with self._clients.guarded(BackendConnectionError):
+            pipe = self._clients.get().pipeline(transaction=False)
+            for minute_s in starts:
+                pipe.hgetall(f"{P}:m:{minute_s}")
+            hashes = await pipe.execute()
+        found = []
+        for minute_s, fields in zip(starts, hashes, strict=True):
+            if not fields:
+                continue
+            values = {k.decode(): int(v) for k, v in fields.items()}
+            counts = MinuteCounts(
+                succeeded=values.get("succeeded", 0), failed=values.get("failed", 0),
+                retried=values.get("retried", 0), revoked=values.get("revoked", 0),
+                buckets=[values.get(f"b{i}", 0) for i in range(len(BUCKETS) + 1)],
+            )  # fmt: skip
+            found.append(counts.minute(minute_s))
+        return found

@@ -1,0 +1,167 @@
+"""Task history in the SQLite result backend: one indexed row per task (`history`), one row
+per minute of counters (`history_minutes`). A tick's events are merged in one transaction;
+listing uses the (column, updated_ms) indexes, so a filtered page stays fast at a million
+rows; `q` (a substring of id, name or args) scans the `search` column."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from .._sqlite import Database, transaction
+from ..history import (
+    Minute,
+    MinuteCounts,
+    Page,
+    TaskQuery,
+    TaskRecord,
+    merge,
+    minute_counts,
+    search_text,
+    task_events,
+)
+
+TRIM_EVERY_S = 30.0
+_encode = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
+_decode_counts = msgspec.msgpack.Decoder(MinuteCounts).decode
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteHistory:
+    def __init__(self, db: Database, max_tasks: int, max_age_s: float) -> None:
+        self._db = db
+        self.max_tasks = max_tasks
+        self.max_age_s = max_age_s
+        self._trimmed_at = 0.0
+        self.trim_every_s = TRIM_EVERY_S
+
+    async def record(self, events: Sequence[dict[str, Any]]) -> None:
+        events = task_events(events)
+        if not events:
+            return
+        trim = time.monotonic() - self._trimmed_at > self.trim_every_s
+        if trim:
+            self._trimmed_at = time.monotonic()
+
+        def write(connection: sqlite3.Connection) -> None:
+            ids = list({e["uuid"] for e in events})
+            with transaction(connection):
+                rows = connection.execute(
+                    f"SELECT record FROM history WHERE id IN ({_marks(len(ids))})", ids
+                ).fetchall()
+                records = {r.id: r for r in (_decode_record(row[0]) for row in rows)}
+                for event in events:
+                    records[event["uuid"]] = merge(records.get(event["uuid"]), event)
+                connection.executemany(
+                    "INSERT OR REPLACE INTO history"
+                    " (id, state, name, worker, queue, root_id, updated_ms, search, record)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.id, r.state, r.name, r.worker, r.queue, r.root_id,
+                         int(r.updated_at_s * 1000), search_text(r), _encode(r))
+                        for r in records.values()
+                    ],
+                )  # fmt: skip
+                self._count_minutes(connection, events)
+                if trim:
+                    self._trim(connection)
+
+        await self._db.run(write)
+
+    @staticmethod
+    def _count_minutes(connection: sqlite3.Connection, events: list[dict[str, Any]]) -> None:
+        for minute_s, counts in minute_counts(events).items():
+            row = connection.execute(
+                "SELECT counts FROM history_minutes WHERE minute_s = ?", (minute_s,)
+            ).fetchone()
+            if row is not None:
+                kept = _decode_counts(row[0])
+                kept.add(counts)
+                counts = kept
+            connection.execute(
+                "INSERT OR REPLACE INTO history_minutes (minute_s, counts) VALUES (?, ?)",
+                (minute_s, _encode(counts)),
+            )
+
+    def _trim(self, connection: sqlite3.Connection) -> None:
+        oldest_ms = int((time.time() - self.max_age_s) * 1000)
+        connection.execute("DELETE FROM history WHERE updated_ms < ?", (oldest_ms,))
+        connection.execute("DELETE FROM history_minutes WHERE minute_s < ?", (oldest_ms // 1000,))
+        row = connection.execute(
+            "SELECT updated_ms FROM history ORDER BY updated_ms DESC LIMIT 1 OFFSET ?",
+            (self.max_tasks,),
+        ).fetchone()
+        if row is not None:
+            connection.execute("DELETE FROM history WHERE updated_ms <= ?", (row[0],))
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        def read(connection: sqlite3.Connection) -> TaskRecord | None:
+            row = connection.execute(
+                "SELECT record FROM history WHERE id = ?", (task_id,)
+            ).fetchone()
+            return _decode_record(row[0]) if row is not None else None
+
+        return await self._db.run(read)
+
+    async def search(self, query: TaskQuery) -> Page:
+        where: list[str] = ["1"]
+        values: list[Any] = []
+        for column, value in (("state", query.state), ("name", query.name),
+                              ("worker", query.worker), ("queue", query.queue),
+                              ("root_id", query.root_id)):  # fmt: skip
+            if value:
+                where.append(f"{column} = ?")
+                values.append(value)
+        if query.since_s is not None:
+            where.append("updated_ms >= ?")
+            values.append(int(query.since_s * 1000))
+        if query.until_s is not None:
+            where.append("updated_ms <= ?")
+            values.append(int(query.until_s * 1000))
+        if query.q:
+            where.append("instr(search, ?) > 0")
+            values.append(query.q.lower())
+        condition = " AND ".join(where)
+        offset = (max(query.page, 1) - 1) * query.per_page
+
+        def read(connection: sqlite3.Connection) -> Page:
+            rows = connection.execute(
+                f"SELECT record FROM history WHERE {condition}"
+                " ORDER BY updated_ms DESC LIMIT ? OFFSET ?",
+                (*values, query.per_page, offset),
+            ).fetchall()
+            (total,) = connection.execute(
+                f"SELECT COUNT(*) FROM history WHERE {condition}", values
+            ).fetchone()
+            return Page(records=[_decode_record(row[0]) for row in rows], total=int(total),
+                        page=query.page, per_page=query.per_page)  # fmt: skip
+
+        return await self._db.run(read)
+
+    async def names(self) -> list[str]:
+        def read(connection: sqlite3.Connection) -> list[str]:
+            rows = connection.execute(
+                "SELECT DISTINCT name FROM history WHERE name IS NOT NULL ORDER BY name"
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._db.run(read)
+
+    async def minutes(self, since_s: float) -> list[Minute]:
+        def read(connection: sqlite3.Connection) -> list[Minute]:
+            rows = connection.execute(
+                "SELECT minute_s, counts FROM history_minutes WHERE minute_s >= ?"
+                " ORDER BY minute_s",
+                (int(since_s) // 60 * 60,),
+            ).fetchall()
+            return [_decode_counts(counts).minute(minute_s) for minute_s, counts in rows]
+
+        return await self._db.run(read)
