@@ -142,7 +142,10 @@ def merge(record: TaskRecord | None, event: dict[str, Any]) -> TaskRecord:
     elif type_ == "task-rejected":
         record.exception = event.get("reason")
     record.updated_at_s = max(record.updated_at_s, ts)
-    record.timeline = [*record.timeline, (type_, ts, hostname)][-50:]
+    timeline = record.timeline
+    timeline.append((type_, ts, hostname))
+    if len(timeline) > 50:
+        del timeline[:-50]
     return record
 
 

@@ -25,6 +25,7 @@ from .protocol import CODECS, Message, chord_ref, signature_list
 from .request import current_request
 from .routing import Topology, resolve_route
 from .settings import Config, Settings
+from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .backends.base import Coordinator, ReplyRouting, ResultStore
@@ -74,6 +75,15 @@ class Producer:
         self.tasks = tasks
         self.portal = Portal(name)
         self._wire = wire
+        self._tracing: Tracing | None = None
+
+    @property
+    def tracing(self) -> Tracing:
+        """OpenTelemetry spans for sends and runs (made with the wiring: settings frozen)."""
+        if self._tracing is None:
+            wiring = self.wiring
+            self._tracing = Tracing(wiring.settings.tracing, wiring.broker.url)
+        return self._tracing
 
     @property
     def wiring(self) -> Wiring:
@@ -157,19 +167,21 @@ class Producer:
         codec = CODECS.get(serializer or wiring.settings.task_serializer)
         if codec is None:
             raise ConfigurationError(f"unknown serializer {serializer!r}")
-        try:
-            body = codec.encode(message)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise _encode_error(message, codec.name, exc) from None
-        delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
-        headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
-        if message.priority is not None:
-            headers["priority"] = str(message.priority)
-        assert message.queue is not None
-        for queue in queues or [message.queue]:
-            await wiring.broker.publish(
-                queue, body, headers, delay_s=delay_s, priority=message.priority
-            )
+        tracing = self._tracing or self.tracing
+        with tracing.publishing(message, message.headers):  # the span's context rides along
+            try:
+                body = codec.encode(message)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+                raise _encode_error(message, codec.name, exc) from None
+            delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
+            headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
+            if message.priority is not None:
+                headers["priority"] = str(message.priority)
+            assert message.queue is not None
+            for queue in queues or [message.queue]:
+                await wiring.broker.publish(
+                    queue, body, headers, delay_s=delay_s, priority=message.priority
+                )
 
     def close(self, cleanup: Coroutine[Any, Any, None] | None = None) -> None:
         """Close the sync portal, running `cleanup` on its loop first."""

@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # task history (aiotq/history.py), written by every worker into the result backend
     history_max_tasks: int = 100_000  # 0: keep none
     history_max_age_s: float = 86400.0
+    tracing: bool = True  # OpenTelemetry spans, when opentelemetry is installed (aiotq[otel])
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
     broker_pool_size: int = 10

@@ -28,6 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def build(url: str) -> App:
     app = App("bench", broker=url)
+    # benchmarks.pertask turns the per-task features off and on through these
+    if os.environ.get("AIOTQ_BENCH_HISTORY") == "0":
+        app.conf.history_max_tasks = 0
+    if os.environ.get("AIOTQ_BENCH_TRACING") == "0":
+        app.conf.tracing = False
 
     @app.task(name="bench.add")
     async def add(x: int, y: int) -> int:
@@ -47,7 +52,9 @@ def build(url: str) -> App:
 app = build(os.environ.get("AIOTQ_BROKER_URL", "redis://127.0.0.1:6379/11"))
 
 
-async def start_worker(url: str, *extra: str) -> asyncio.subprocess.Process:
+async def start_worker(
+    url: str, *extra: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """One worker process, as a user would start it (`extra`: more options, e.g. -E)."""
     command = [
         "-m",
@@ -60,8 +67,8 @@ async def start_worker(url: str, *extra: str) -> asyncio.subprocess.Process:
         "warning",
         *extra,
     ]
-    env = {**os.environ, "AIOTQ_BROKER_URL": url}
-    return await asyncio.create_subprocess_exec(sys.executable, *command, cwd=ROOT, env=env)
+    environment = {**os.environ, "AIOTQ_BROKER_URL": url, **(env or {})}
+    return await asyncio.create_subprocess_exec(sys.executable, *command, cwd=ROOT, env=environment)
 
 
 async def enqueue(producer: App, n: int) -> tuple[float, list]:  # type: ignore[type-arg]
@@ -71,10 +78,12 @@ async def enqueue(producer: App, n: int) -> tuple[float, list]:  # type: ignore[
     return n / (time.perf_counter() - started), results
 
 
-async def drain(producer: App, results: list, url: str, *extra: str) -> tuple[float, float]:  # type: ignore[type-arg]
+async def drain(  # type: ignore[type-arg]
+    producer: App, results: list, url: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """From the first result stored to the last, so worker start-up is not counted."""
     backend = producer.backend
-    worker = await start_worker(url, *extra)
+    worker = await start_worker(url, *extra, env=env)
     try:
         while await backend.get(results[0].id) is None:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.001)

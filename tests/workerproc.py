@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class WorkerProcess:
     def __init__(
-        self, broker_url: str | None, *args: str, env: dict[str, str] | None = None
+        self,
+        broker_url: str | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        app: str = "tests.apps:tq",
     ) -> None:
         """`broker_url=None`: no broker configured, so the embedded default is used."""
-        command = [sys.executable, "-m", "aiotq", "worker", "tests.apps:tq", "-l", "info", *args]
+        command = [sys.executable, "-m", "aiotq", "worker", app, "-l", "info", *args]
         environment = dict(os.environ)
         environment.pop("AIOTQ_BROKER_URL", None)
         environment.pop("AIOTQ_RESULT_BACKEND", None)

@@ -48,10 +48,29 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
 
 
+# ARGV: prefix, ttl_ms, then per record: id, score, record, n, n index keys, m, m stale keys
+WRITE = """
+local p, ttl = ARGV[1], ARGV[2]
+local i = 3
+while i <= #ARGV do
+  local id, score = ARGV[i], ARGV[i + 1]
+  redis.call('SET', p .. ':t:' .. id, ARGV[i + 2], 'PX', ttl)
+  local n = tonumber(ARGV[i + 3])
+  for j = 1, n do redis.call('ZADD', ARGV[i + 3 + j], score, id) end
+  i = i + 4 + n
+  local m = tonumber(ARGV[i])
+  for j = 1, m do redis.call('ZREM', ARGV[i + j], id) end
+  i = i + 1 + m
+end
+return 0
+"""
+
+
 def _indexes(record: TaskRecord) -> list[str]:
     found = [f"{P}:all", f"{P}:state:{record.state}"]
+    root = record.root_id if record.root_id != record.id else None  # a lone task is no tree
     for kind, value in (("name", record.name), ("worker", record.worker),
-                        ("queue", record.queue), ("root", record.root_id)):  # fmt: skip
+                        ("queue", record.queue), ("root", root)):  # fmt: skip
         if value:
             found.append(f"{P}:{kind}:{value}")
     return found
@@ -64,6 +83,9 @@ class RedisHistory:
         self.max_age_s = max_age_s
         self._trimmed_at = 0.0
         self.trim_every_s = TRIM_EVERY_S
+        self._write: Any = None  # the registered script, made on first use
+        self._known_keys: set[str] = set()  # index sets and names already registered
+        self._known_names: set[str] = set()
 
     async def record(self, events: Sequence[dict[str, Any]]) -> None:
         events = task_events(events)
@@ -78,21 +100,27 @@ class RedisHistory:
             after = dict(before)
             for event in events:
                 after[event["uuid"]] = merge(after.get(event["uuid"]), event)
-            pipe = client.pipeline(transaction=False)
+            args: list[Any] = [P, ttl_ms]
+            new_keys: set[str] = set()
+            new_names: set[str] = set()
             for task_id, record in after.items():
-                old = before.get(task_id)
-                if old is not None:
-                    stale = set(_indexes(old)) - set(_indexes(record))
-                    for key in stale:
-                        pipe.zrem(key, task_id)
-                score = int(record.updated_at_s * 1000)
                 keys = _indexes(record)
-                for key in keys:
-                    pipe.zadd(key, {task_id: score})
-                pipe.sadd(f"{P}:indexes", *keys)
-                if record.name:
-                    pipe.sadd(f"{P}:names", record.name)
-                pipe.set(f"{P}:t:{task_id}", _encode(record), px=ttl_ms)
+                old = before.get(task_id)
+                stale = set(_indexes(old)) - set(keys) if old is not None else set()
+                args += [task_id, int(record.updated_at_s * 1000), _encode(record), len(keys)]
+                args += [*keys, len(stale), *stale]
+                new_keys.update(k for k in keys if k not in self._known_keys)
+                if record.name and record.name not in self._known_names:
+                    new_names.add(record.name)
+            if self._write is None:
+                self._write = client.register_script(WRITE)
+            pipe = client.pipeline(transaction=False)
+            # one script for the batch: the records and their indexes without a command each
+            await self._write(keys=[f"{P}:all"], args=args, client=pipe)  # queued in the pipe
+            if new_keys:
+                pipe.sadd(f"{P}:indexes", *new_keys)
+            if new_names:
+                pipe.sadd(f"{P}:names", *new_names)
             for minute_s, counts in minute_counts(events).items():
                 key = f"{P}:m:{minute_s}"  # a hash of counters: HINCRBY adds atomically
                 for field in ("succeeded", "failed", "retried", "revoked"):
@@ -103,6 +131,8 @@ class RedisHistory:
                         pipe.hincrby(key, f"b{index}", count)
                 pipe.pexpire(key, ttl_ms + 60_000)
             await pipe.execute()
+        self._known_keys.update(new_keys)
+        self._known_names.update(new_names)
         if time.monotonic() - self._trimmed_at > self.trim_every_s:
             self._trimmed_at = time.monotonic()
             await self._trim()
@@ -134,6 +164,19 @@ class RedisHistory:
         return _decode_record(data) if data else None
 
     async def search(self, query: TaskQuery) -> Page:
+        page = await self._search(query)
+        if query.root_id and query.page <= 1:  # the root is in no root index: add it
+            root = await self.get(query.root_id)
+            if (
+                root is not None
+                and matches(root, query)
+                and root.id not in {r.id for r in page.records}
+            ):
+                page.records.insert(0, root)
+                page.total += 1
+        return page
+
+    async def _search(self, query: TaskQuery) -> Page:
         client: Any = self._clients.get()
         filters = [f"{P}:{kind}:{value}" for kind, value in (
             ("state", query.state), ("name", query.name), ("worker", query.worker),

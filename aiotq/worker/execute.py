@@ -29,6 +29,7 @@ from ..exceptions import (
 )
 from ..protocol import Failure, Message, decode_message
 from ..request import Request, current_request
+from ..tracing import Tracing
 from .followups import FollowUps
 from .limits import RateLimiter, with_limits
 from .logvalues import ValueRepr
@@ -96,6 +97,7 @@ class Executor:
         self.rates: dict[str, float | None] = {}
         self.time_limits: dict[str, tuple[float | None, float | None]] = {}
         self.events = events
+        self.tracing = app.producer.tracing
         # built once: the success line's value, bounded (None: values are not logged at all)
         self.value_repr = (
             ValueRepr(self.settings.worker_log_value_max)
@@ -218,14 +220,20 @@ class Executor:
         if events.enabled:
             events.started(message)
         began = time.perf_counter()
-        try:
-            value = await self._execute(task, message, self._request(message, delivery))
-            if message.id in self.terminating:  # a thread or child that ended after all
-                return [*early, self._terminated(accepted, delivery)]
-        except Exception as exc:
-            if message.id in self.terminating:  # a child interrupted by the terminate
-                return [*early, self._terminated(accepted, delivery)]
-            return [*early, self._failed(accepted, delivery, exc, began)]
+        with self.tracing.processing(message, delivery.queue) as span:
+            try:
+                value = await self._execute(task, message, self._request(message, delivery))
+                if message.id in self.terminating:  # a thread or child that ended after all
+                    return [*early, self._terminated(accepted, delivery)]
+            except Exception as exc:
+                if message.id in self.terminating:  # a child interrupted by the terminate
+                    return [*early, self._terminated(accepted, delivery)]
+                if span is not None:
+                    if isinstance(exc, Retry):
+                        Tracing.retried(span, str(exc), exc.countdown_s)
+                    else:
+                        Tracing.failed(span, exc)
+                return [*early, self._failed(accepted, delivery, exc, began)]
         elapsed = time.perf_counter() - began
         if self.value_repr is None:
             log.info("Task %s succeeded in %.6fs", label, elapsed)

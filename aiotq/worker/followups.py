@@ -53,6 +53,10 @@ class FollowUps:
         self.codec = CODECS[settings.result_serializer]
 
     async def after_success(self, message: Message, value: Any) -> None:
+        with self.app.producer.tracing.resumed(message):  # the same trace as the run
+            await self._after_success(message, value)
+
+    async def _after_success(self, message: Message, value: Any) -> None:
         for link in message.link:
             await self._send(link.task, Signature.from_data(link, self.app), (value,))
         if message.chain:
@@ -65,6 +69,10 @@ class FollowUps:
             await self._chord_step(message.chord)
 
     async def after_failure(self, message: Message, record: ResultRecord) -> None:
+        with self.app.producer.tracing.resumed(message):
+            await self._after_failure(message, record)
+
+    async def _after_failure(self, message: Message, record: ResultRecord) -> None:
         error = str(record.failure)
         for errback in message.link_error:
             await self._send(

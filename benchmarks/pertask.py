@@ -1,0 +1,75 @@
+"""What each per-task feature costs the worker: the noop and io drains with task history,
+metrics, tracing and events turned on one at a time, in one run, alternating rounds so the
+machine's drift falls on every variant.
+
+    .venv/bin/python -m benchmarks.pertask [--url redis://127.0.0.1:6379/11] [--tasks 20000]
+
+The worker is `aiotq worker -c 200` with results stored (benchmarks.baseline). Variants:
+`bare` (history, tracing and events off), `history` (the default: history on), `+metrics`
+(--metrics-port), `+tracing` (OpenTelemetry API installed, no SDK: no-op spans), `+events`
+(-E, nobody listening), and `all`. Each line prints its ratio to `bare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+
+import uvloop
+
+from .baseline import build, drain, enqueue
+
+OFF = {"AIOTQ_BENCH_HISTORY": "0", "AIOTQ_BENCH_TRACING": "0"}
+
+
+def _port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def variants() -> dict[str, tuple[list[str], dict[str, str]]]:
+    return {
+        "bare": ([], OFF),
+        "history": ([], {"AIOTQ_BENCH_TRACING": "0"}),
+        "+metrics": (["--metrics-port", _port()], OFF),
+        "+tracing": ([], {"AIOTQ_BENCH_HISTORY": "0"}),
+        "+events": (["-E"], OFF),
+        "all": (["-E", "--metrics-port", _port()], {}),
+    }
+
+
+async def one(url: str, kind: str, n: int, extra: list[str], env: dict[str, str]) -> float:
+    producer = build(url)
+    await producer.broker.purge("default")
+    if kind == "noop":
+        _, results = await enqueue(producer, n)
+    else:
+        io = producer.tasks["bench.io"]
+        results = [await io.send(0.05) for _ in range(n)]
+    rate, _cpu = await drain(producer, results, url, *extra, env=env)
+    await producer.aclose()
+    return rate
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=2)
+    options = parser.parse_args()
+    print(f"broker and backend: {options.url}; {options.tasks} tasks a noop drain, -c 200")
+    for kind, n in (("noop", options.tasks), ("io", options.tasks // 4)):
+        rates: dict[str, list[float]] = {}
+        for _ in range(options.rounds):
+            for name, (extra, env) in variants().items():
+                rates.setdefault(name, []).append(await one(options.url, kind, n, extra, env))
+        bare = statistics.median(rates["bare"])
+        for name, found in rates.items():
+            rate = statistics.median(found)
+            print(f"{kind:>4} {name:>9}: {rate:7.0f} tasks/s   vs bare {rate / bare:.2f}")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
