@@ -1,10 +1,12 @@
 """Task history: one record per task, kept in the result backend with a retention limit, so
 the dashboard lists, filters and pages tasks across restarts (Flower keeps them in memory).
 
-Workers write it: the task events a worker makes (received, started, succeeded, ...) are
-merged into records per tick, one round trip per tick. The record keeps what a person
-looking at a task wants: name, state, args and kwargs (capped), result or exception and
-traceback, worker, queue, retries, the times, parent and root, and the timeline of events.
+Workers write it: a worker combines the task events it makes (received, started, then the
+outcome) into one record per run (`Combiner`) and writes a tick's records in one round
+trip; a task shows up when its run ends (running ones: `inspect active`). The record keeps
+what a person looking at a task wants: name, state, args and kwargs (capped), result or
+exception and traceback, worker, queue, retries, the times, parent and root, and the
+timeline of its events.
 
     app.history                     a HistoryStore, or None (rpc:// keeps nothing)
     await app.history.search(TaskQuery(state="FAILURE", name="proj.send_sms"))
@@ -24,7 +26,6 @@ STATE_OF = {
     "task-succeeded": "SUCCESS", "task-failed": "FAILURE", "task-retried": "RETRY",
     "task-rejected": "REJECTED", "task-revoked": "REVOKED",
 }  # fmt: skip
-FINAL = frozenset({"SUCCESS", "FAILURE", "REJECTED", "REVOKED"})
 
 
 class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -86,9 +87,9 @@ class Minute(msgspec.Struct, kw_only=True):
 
 
 class HistoryStore(Protocol):
-    async def record(self, events: Sequence[dict[str, Any]]) -> None:
-        """Merge task events (one worker's tick) into their records; one round trip where
-        the store can; trims past the retention limit."""
+    async def write(self, records: Sequence[TaskRecord]) -> None:
+        """Store finished records (one worker's tick; a later run of the same id replaces
+        the earlier one), one round trip where the store can; trims past the limits."""
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
@@ -103,56 +104,81 @@ class HistoryStore(Protocol):
         ...
 
 
-def merge(record: TaskRecord | None, event: dict[str, Any]) -> TaskRecord:
-    """A record with one more event applied (the one rule every store uses)."""
-    type_ = event["type"]
+class Combiner:
+    """Task events in, one finished record per run out: a worker keeps what a task's
+    received and started events said until its outcome (succeeded, failed, retried,
+    rejected, revoked), then writes the whole record once (a record is written once per
+    run, not once per event). At most `cap` runs are held open."""
+
+    def __init__(self, cap: int = 20_000) -> None:
+        self.cap = cap
+        self._open: dict[str, dict[str, Any]] = {}
+
+    def feed(self, event: dict[str, Any]) -> TaskRecord | None:
+        type_ = event["type"]
+        task_id = event.get("uuid")
+        if task_id is None:
+            return None
+        if type_ == "task-received":
+            self._open[task_id] = event
+            if len(self._open) > self.cap:
+                del self._open[next(iter(self._open))]
+            return None
+        if type_ == "task-started":
+            received = self._open.get(task_id)
+            if received is not None:
+                received["_started"] = event["timestamp"]
+            return None
+        state = STATE_OF.get(type_)
+        if state is None or type_ == "task-sent":
+            return None
+        return finished(self._open.pop(task_id, None), event, state)
+
+
+def finished(received: dict[str, Any] | None, event: dict[str, Any], state: str) -> TaskRecord:
+    """The record of one run, from its received event (if seen) and its outcome."""
+    begun = received or {}
     ts = float(event.get("timestamp") or 0.0)
-    if record is None:
-        record = TaskRecord(id=event["uuid"], state=STATE_OF.get(type_, "PENDING"))
-    elif record.state not in FINAL or type_ in ("task-retried", "task-received"):
-        record.state = STATE_OF.get(type_, record.state)
-    if type_ == "task-retried" and record.state in FINAL:
-        record.state = "RETRY"
-    record.name = event.get("name") or record.name
     hostname = event.get("hostname")
-    if type_ != "task-sent":
-        record.worker = hostname or record.worker
-    for field in ("args", "kwargs", "queue", "parent_id", "root_id", "eta"):
-        if event.get(field) is not None:
-            setattr(record, field, event[field])
-    if "retries" in event and type_ != "task-retried":
-        record.retries = int(event["retries"] or 0)
-    if type_ == "task-sent":
-        record.sent_at_s = ts
-    elif type_ == "task-received":
-        record.received_at_s = ts
-    elif type_ == "task-started":
-        record.started_at_s = ts
-    elif type_ in ("task-succeeded", "task-failed", "task-rejected", "task-revoked"):
-        record.finished_at_s = ts
-        if event.get("runtime") is not None:
-            record.runtime_s = float(event["runtime"])
-    if type_ == "task-succeeded":
+    timeline: list[tuple[str, float, str | None]] = []
+    if received is not None:
+        timeline.append(("task-received", float(received.get("timestamp") or 0.0), hostname))
+        if "_started" in received:
+            timeline.append(("task-started", float(received["_started"]), hostname))
+    timeline.append((event["type"], ts, hostname))
+    task_id = event["uuid"]
+    retries = int(begun.get("retries") or 0)
+    record = TaskRecord(
+        id=task_id, state=state, name=event.get("name") or begun.get("name"),
+        args=begun.get("args"), kwargs=begun.get("kwargs"), worker=hostname,
+        queue=begun.get("queue"), retries=retries, eta=begun.get("eta"),
+        received_at_s=begun.get("timestamp"), started_at_s=begun.get("_started"),
+        finished_at_s=ts, parent_id=begun.get("parent_id"),
+        root_id=begun.get("root_id") or task_id, updated_at_s=ts, timeline=timeline,
+    )  # fmt: skip
+    if event.get("runtime") is not None:
+        record.runtime_s = float(event["runtime"])
+    if state == "SUCCESS":
         record.result = event.get("result")
-    elif type_ in ("task-failed", "task-retried"):
+    elif state in ("FAILURE", "RETRY"):
         record.exception = event.get("exception")
-        record.traceback = event.get("traceback") or record.traceback
-        if type_ == "task-retried":
-            record.retries = int(event.get("retries") or record.retries + 1)
-    elif type_ == "task-rejected":
+        record.traceback = event.get("traceback")
+        if state == "RETRY":
+            record.finished_at_s = None
+            record.eta = event.get("eta")
+    elif state == "REJECTED":
         record.exception = event.get("reason")
-    record.updated_at_s = max(record.updated_at_s, ts)
-    timeline = record.timeline
-    timeline.append((type_, ts, hostname))
-    if len(timeline) > 50:
-        del timeline[:-50]
     return record
+
+
+def records_of(events: Sequence[dict[str, Any]]) -> list[TaskRecord]:
+    """The finished records in a batch of events (for tests and tools)."""
+    combiner = Combiner()
+    return [r for r in (combiner.feed(e) for e in events) if r is not None]
 
 
 # Runtime buckets (seconds) for the per-minute p50/p95: a minute keeps counts, not samples.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-COUNTED = {"task-succeeded": "succeeded", "task-failed": "failed", "task-retried": "retried",
-           "task-revoked": "revoked"}  # fmt: skip
 
 
 class MinuteCounts(msgspec.Struct, kw_only=True):
@@ -179,21 +205,24 @@ class MinuteCounts(msgspec.Struct, kw_only=True):
         )  # fmt: skip
 
 
-def minute_counts(events: Sequence[dict[str, Any]]) -> dict[int, MinuteCounts]:
-    """The per-minute counters a batch of events adds."""
+OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
+            "REVOKED": "revoked"}  # fmt: skip
+
+
+def minute_counts(records: Sequence[TaskRecord]) -> dict[int, MinuteCounts]:
+    """The per-minute counters a batch of finished records adds."""
     found: dict[int, MinuteCounts] = {}
-    for event in events:
-        outcome = COUNTED.get(event.get("type", ""))
+    for record in records:
+        outcome = OUTCOMES.get(record.state)
         if outcome is None:
             continue
-        minute_s = int(float(event.get("timestamp") or 0.0)) // 60 * 60
+        minute_s = int(record.updated_at_s) // 60 * 60
         counts = found.get(minute_s)
         if counts is None:
             counts = found[minute_s] = MinuteCounts()
         setattr(counts, outcome, getattr(counts, outcome) + 1)
-        runtime = event.get("runtime")
-        if runtime is not None:
-            counts.buckets[_bucket(float(runtime))] += 1
+        if record.runtime_s is not None and outcome != "retried":
+            counts.buckets[_bucket(record.runtime_s)] += 1
     return found
 
 
@@ -214,11 +243,6 @@ def _quantile(buckets: list[int], q: float) -> float | None:
         if seen >= q * total:
             return BUCKETS[index] if index < len(BUCKETS) else BUCKETS[-1] * 2
     return None
-
-
-def task_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events of a batch that belong to a task (worker events are not history)."""
-    return [e for e in events if "uuid" in e and str(e.get("type", "")).startswith("task-")]
 
 
 def matches(record: TaskRecord, query: TaskQuery) -> bool:

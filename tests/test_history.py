@@ -16,7 +16,7 @@ from aiotq import App
 from aiotq.backends.memory import MemoryBackend
 from aiotq.backends.redis import RedisBackend
 from aiotq.backends.sqlite import SqliteBackend
-from aiotq.history import TaskQuery
+from aiotq.history import Combiner, TaskQuery, records_of
 from aiotq.testing import run_worker
 
 
@@ -68,8 +68,9 @@ async def test_records_merge_a_lifecycle_and_search_narrows(store: Any) -> None:
             hostname="w2@here" if n == 5 else "w1@here", queue="fast" if n == 4 else "default",
             args=[f"+1555{n}"], root_id=ids[0], parent_id=ids[0] if n else None,
         )  # fmt: skip
-    await store.record(events[:7])  # two ticks: a record is merged across them
-    await store.record(events[7:])
+    combiner = Combiner()  # as a worker holds it: the third task's run spans two ticks
+    for tick in (events[:7], events[7:]):
+        await store.write([r for r in map(combiner.feed, tick) if r is not None])
     record = await store.get(ids[3])
     assert record.state == "FAILURE" and record.exception == "ValueError: no"
     assert record.name == "sms.send" and record.args == ["+15553"] and record.worker == "w1@here"
@@ -104,8 +105,8 @@ async def test_retention_keeps_the_newest(store: Any) -> None:
     events: list[dict[str, Any]] = []
     for n in range(80):
         events += lifecycle(f"t{n:03d}-{uuid.uuid4().hex[:4]}", "x.y", now - 80 + n)
-    await store.record(events)
-    await store.record(lifecycle("last", "x.y", now))
+    await store.write(records_of(events))
+    await store.write(records_of(lifecycle("last", "x.y", now)))
     page = await store.search(TaskQuery(per_page=100))
     assert 40 <= page.total <= 51  # max_tasks=50 (Redis and SQLite cut at a score: ties go)
     assert page.records[0].id == "last"

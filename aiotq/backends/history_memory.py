@@ -6,7 +6,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 from ..history import (
     Minute,
@@ -15,9 +14,7 @@ from ..history import (
     TaskQuery,
     TaskRecord,
     matches,
-    merge,
     minute_counts,
-    task_events,
 )
 
 
@@ -29,13 +26,12 @@ class MemoryHistory:
         self._records: OrderedDict[str, TaskRecord] = OrderedDict()  # oldest update first
         self._minutes: dict[int, MinuteCounts] = {}
 
-    async def record(self, events: Sequence[dict[str, Any]]) -> None:
-        events = task_events(events)
+    async def write(self, records: Sequence[TaskRecord]) -> None:
         with self._lock:
-            for event in events:
-                record = merge(self._records.pop(event["uuid"], None), event)
+            for record in records:
+                self._records.pop(record.id, None)
                 self._records[record.id] = record
-            for minute_s, counts in minute_counts(events).items():
+            for minute_s, counts in minute_counts(records).items():
                 self._minutes.setdefault(minute_s, MinuteCounts()).add(counts)
             self._trim(time.time())
 

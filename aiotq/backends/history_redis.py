@@ -8,8 +8,8 @@
     {aiotq:h}:names           every task name seen
     {aiotq:h}:m:<minute>      per-minute counters (msgpack), with the max age as TTL
 
-Every key shares the hash tag `{aiotq:h}`, so it works on Cluster. A tick's events cost two
-round trips (read the records it changes, write them and their indexes). A page is one
+Every key shares the hash tag `{aiotq:h}`, so it works on Cluster. A tick's finished records cost
+one round trip (one script writes them and their indexes). A page is one
 ZREVRANGEBYSCORE on the narrowest index (the intersection of several, kept 10 s, when more
 than one filter is given); `q` (a substring) reads the newest matches in batches and keeps
 those that contain it, looking at most `Q_SCAN_LIMIT` records. Trimming (every 30 s) cuts
@@ -35,9 +35,7 @@ from ..history import (
     TaskQuery,
     TaskRecord,
     matches,
-    merge,
     minute_counts,
-    task_events,
 )
 
 P = "{aiotq:h}"
@@ -48,7 +46,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
 
 
-# ARGV: prefix, ttl_ms, then per record: id, score, record, n, n index keys, m, m stale keys
+# ARGV: prefix, ttl_ms, then per record: id, score, record, n, n index keys
 WRITE = """
 local p, ttl = ARGV[1], ARGV[2]
 local i = 3
@@ -58,9 +56,6 @@ while i <= #ARGV do
   local n = tonumber(ARGV[i + 3])
   for j = 1, n do redis.call('ZADD', ARGV[i + 3 + j], score, id) end
   i = i + 4 + n
-  local m = tonumber(ARGV[i])
-  for j = 1, m do redis.call('ZREM', ARGV[i + j], id) end
-  i = i + 1 + m
 end
 return 0
 """
@@ -87,31 +82,21 @@ class RedisHistory:
         self._known_keys: set[str] = set()  # index sets and names already registered
         self._known_names: set[str] = set()
 
-    async def record(self, events: Sequence[dict[str, Any]]) -> None:
-        events = task_events(events)
-        if not events:
+    async def write(self, records: Sequence[TaskRecord]) -> None:
+        if not records:
             return
-        ids = list(dict.fromkeys(e["uuid"] for e in events))
         client: Any = self._clients.get()
         ttl_ms = int(self.max_age_s * 1000)
+        args: list[Any] = [P, ttl_ms]
+        new_keys: set[str] = set()
+        new_names: set[str] = set()
+        for record in records:
+            keys = _indexes(record)
+            args += [record.id, int(record.updated_at_s * 1000), _encode(record), len(keys), *keys]
+            new_keys.update(k for k in keys if k not in self._known_keys)
+            if record.name and record.name not in self._known_names:
+                new_names.add(record.name)
         async with self._clients.guarded(BackendConnectionError):
-            stored = await client.mget([f"{P}:t:{i}" for i in ids])
-            before = {i: _decode_record(d) for i, d in zip(ids, stored, strict=True) if d}
-            after = dict(before)
-            for event in events:
-                after[event["uuid"]] = merge(after.get(event["uuid"]), event)
-            args: list[Any] = [P, ttl_ms]
-            new_keys: set[str] = set()
-            new_names: set[str] = set()
-            for task_id, record in after.items():
-                keys = _indexes(record)
-                old = before.get(task_id)
-                stale = set(_indexes(old)) - set(keys) if old is not None else set()
-                args += [task_id, int(record.updated_at_s * 1000), _encode(record), len(keys)]
-                args += [*keys, len(stale), *stale]
-                new_keys.update(k for k in keys if k not in self._known_keys)
-                if record.name and record.name not in self._known_names:
-                    new_names.add(record.name)
             if self._write is None:
                 self._write = client.register_script(WRITE)
             pipe = client.pipeline(transaction=False)
@@ -121,7 +106,7 @@ class RedisHistory:
                 pipe.sadd(f"{P}:indexes", *new_keys)
             if new_names:
                 pipe.sadd(f"{P}:names", *new_names)
-            for minute_s, counts in minute_counts(events).items():
+            for minute_s, counts in minute_counts(records).items():
                 key = f"{P}:m:{minute_s}"  # a hash of counters: HINCRBY adds atomically
                 for field in ("succeeded", "failed", "retried", "revoked"):
                     if getattr(counts, field):
@@ -195,7 +180,7 @@ class RedisHistory:
             if not query.q:
                 total = await client.zcount(key, low, high)
                 ids = await client.zrevrangebyscore(key, high, low, start=start, num=query.per_page)
-                records = await self._records(client, key, ids)
+                records = await self._records(client, key, ids, query)
                 return Page(records=records, total=int(total), page=query.page,
                             per_page=query.per_page)  # fmt: skip
             return await self._scan(client, key, query, low, high, start)
@@ -212,18 +197,29 @@ class RedisHistory:
             if not ids:
                 break
             offset += len(ids)
-            found.extend(r for r in await self._records(client, key, ids) if matches(r, query))
+            found.extend(await self._records(client, key, ids, query))
         return Page(records=found[start : start + query.per_page], total=len(found),
                     page=query.page, per_page=query.per_page)  # fmt: skip
 
-    async def _records(self, client: Any, key: str, ids: list[bytes]) -> list[TaskRecord]:
+    async def _records(
+        self, client: Any, key: str, ids: list[bytes], query: TaskQuery
+    ) -> list[TaskRecord]:
+        """The records of `ids` that still match: an id whose record expired, or whose
+        later run moved it to another state (a retry that then succeeded), is dropped from
+        the index as it is met."""
         if not ids:
             return []
         data = await client.mget([f"{P}:t:{i.decode()}" for i in ids])
-        gone = [i for i, d in zip(ids, data, strict=True) if d is None]
-        if gone:  # expired or trimmed: drop it from this index as we meet it
-            await client.zrem(key, *gone)
-        return [_decode_record(d) for d in data if d is not None]
+        found, stale = [], []
+        for task_id, blob in zip(ids, data, strict=True):
+            record = _decode_record(blob) if blob is not None else None
+            if record is None or (query.state and record.state != query.state):
+                stale.append(task_id)
+            elif matches(record, query):
+                found.append(record)
+        if stale and not key.startswith(f"{P}:tmp:"):
+            await client.zrem(key, *stale)
+        return found
 
     async def names(self) -> list[str]:
         async with self._clients.guarded(BackendConnectionError):

@@ -19,20 +19,14 @@ from ..history import (
     Page,
     TaskQuery,
     TaskRecord,
-    merge,
     minute_counts,
     search_text,
-    task_events,
 )
 
 TRIM_EVERY_S = 30.0
 _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
 _decode_counts = msgspec.msgpack.Decoder(MinuteCounts).decode
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 class SqliteHistory:
@@ -43,42 +37,35 @@ class SqliteHistory:
         self._trimmed_at = 0.0
         self.trim_every_s = TRIM_EVERY_S
 
-    async def record(self, events: Sequence[dict[str, Any]]) -> None:
-        events = task_events(events)
-        if not events:
+    async def write(self, records: Sequence[TaskRecord]) -> None:
+        if not records:
             return
         trim = time.monotonic() - self._trimmed_at > self.trim_every_s
         if trim:
             self._trimmed_at = time.monotonic()
+        rows = [
+            (r.id, r.state, r.name, r.worker, r.queue, r.root_id,
+             int(r.updated_at_s * 1000), search_text(r), _encode(r))
+            for r in records
+        ]  # fmt: skip
 
-        def write(connection: sqlite3.Connection) -> None:
-            ids = list({e["uuid"] for e in events})
+        def insert(connection: sqlite3.Connection) -> None:
             with transaction(connection):
-                rows = connection.execute(
-                    f"SELECT record FROM history WHERE id IN ({_marks(len(ids))})", ids
-                ).fetchall()
-                records = {r.id: r for r in (_decode_record(row[0]) for row in rows)}
-                for event in events:
-                    records[event["uuid"]] = merge(records.get(event["uuid"]), event)
                 connection.executemany(
                     "INSERT OR REPLACE INTO history"
                     " (id, state, name, worker, queue, root_id, updated_ms, search, record)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.id, r.state, r.name, r.worker, r.queue, r.root_id,
-                         int(r.updated_at_s * 1000), search_text(r), _encode(r))
-                        for r in records.values()
-                    ],
-                )  # fmt: skip
-                self._count_minutes(connection, events)
+                    rows,
+                )
+                self._count_minutes(connection, records)
                 if trim:
                     self._trim(connection)
 
-        await self._db.run(write)
+        await self._db.run(insert)
 
     @staticmethod
-    def _count_minutes(connection: sqlite3.Connection, events: list[dict[str, Any]]) -> None:
-        for minute_s, counts in minute_counts(events).items():
+    def _count_minutes(connection: sqlite3.Connection, records: Sequence[TaskRecord]) -> None:
+        for minute_s, counts in minute_counts(records).items():
             row = connection.execute(
                 "SELECT counts FROM history_minutes WHERE minute_s = ?", (minute_s,)
             ).fetchone()

@@ -1,4 +1,5 @@
-"""The worker's task-history writer: task events in, one `HistoryStore.record()` per tick.
+"""The worker's task-history writer: task events in (combined into one record per run),
+one `HistoryStore.write()` per tick.
 
 Bounded like the event sender: while the store is away at most BUFFER_CAP events wait
 (the oldest dropped, counted); a runner never waits for history.
@@ -13,7 +14,7 @@ from collections import deque
 from typing import Any
 
 from ..exceptions import AiotqError
-from ..history import HistoryStore
+from ..history import Combiner, HistoryStore, TaskRecord
 
 log = logging.getLogger("aiotq.worker")
 
@@ -24,13 +25,17 @@ class HistoryRecorder:
     def __init__(self, store: HistoryStore) -> None:
         self.store = store
         self.dropped = 0
-        self._buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER_CAP)
+        self._combiner = Combiner()
+        self._buffer: deque[TaskRecord] = deque(maxlen=BUFFER_CAP)
         self._warned = False
 
     def feed(self, event: dict[str, Any]) -> None:
+        record = self._combiner.feed(event)
+        if record is None:
+            return
         if len(self._buffer) == BUFFER_CAP:
             self.dropped += 1
-        self._buffer.append(event)
+        self._buffer.append(record)
 
     async def flush(self) -> None:
         if not self._buffer:
@@ -38,14 +43,14 @@ class HistoryRecorder:
         batch = list(self._buffer)
         self._buffer.clear()
         try:
-            await self.store.record(batch)
+            await self.store.write(batch)
             self._warned = False
         except AiotqError as exc:
-            for event in reversed(batch):  # kept for the next tick, within the cap
+            for record in reversed(batch):  # kept for the next tick, within the cap
                 if len(self._buffer) == BUFFER_CAP:
                     self.dropped += 1
                     break
-                self._buffer.appendleft(event)
+                self._buffer.appendleft(record)
             if not self._warned:
                 log.warning("could not write task history (%s); keeping it for later", exc)
                 self._warned = True
