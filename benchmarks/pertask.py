@@ -58,12 +58,16 @@ async def main() -> None:
     parser.add_argument("--url", default="redis://127.0.0.1:6379/11")
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated variants (bare first)")
     options = parser.parse_args()
+    chosen = [v for v in options.only.split(",") if v] or list(variants())
     print(f"broker and backend: {options.url}; {options.tasks} tasks a noop drain, -c 200")
     for kind, n in (("noop", options.tasks), ("io", options.tasks // 4)):
         rates: dict[str, list[float]] = {}
         for _ in range(options.rounds):
             for name, (extra, env) in variants().items():
+                if name not in chosen:
+                    continue
                 rates.setdefault(name, []).append(await one(options.url, kind, n, extra, env))
         bare = statistics.median(rates["bare"])
         for name, found in rates.items():

@@ -1,18 +1,20 @@
 """Task history in the Redis result backend.
 
-    {aiotq:h}:t:<id>          the record (msgpack), with the history's max age as TTL
+    {aiotq:h}:t:<id>          the record (JSON), with the history's max age as TTL
     {aiotq:h}:all             sorted set: id -> updated (ms)
-    {aiotq:h}:state:<S>       the same per state, name, worker, queue and root id
+    {aiotq:h}:state:<S>       the same per state, per name and per root id (a canvas)
     {aiotq:h}:name:<n> ...
-    {aiotq:h}:indexes         the index sets that exist (for trimming)
+    {aiotq:h}:indexes         the index sets by state and name (for trimming; a root index
+                              expires with the history's max age instead)
     {aiotq:h}:names           every task name seen
-    {aiotq:h}:m:<minute>      per-minute counters (msgpack), with the max age as TTL
+    {aiotq:h}:m:<minute>      per-minute counters (a hash: HINCRBY), with the max age as TTL
 
 Every key shares the hash tag `{aiotq:h}`, so it works on Cluster. A tick's finished records cost
 one round trip (one script writes them and their indexes). A page is one
 ZREVRANGEBYSCORE on the narrowest index (the intersection of several, kept 10 s, when more
-than one filter is given); `q` (a substring) reads the newest matches in batches and keeps
-those that contain it, looking at most `Q_SCAN_LIMIT` records. Trimming (every 30 s) cuts
+than one filter is given); `q` (a substring), `worker` and `queue` read the newest matches
+of the indexed filters in batches and keep those that match, looking at most
+`Q_SCAN_LIMIT` records. Trimming (every 30 s) cuts
 every index below the oldest kept score; an id whose record is gone is dropped when met.
 """
 
@@ -42,32 +44,36 @@ P = "{aiotq:h}"
 TRIM_EVERY_S = 30.0
 Q_SCAN_LIMIT = 20_000
 BATCH = 500
-_encode = msgspec.msgpack.Encoder().encode
-_decode_record = msgspec.msgpack.Decoder(TaskRecord).decode
+_encode = msgspec.json.Encoder().encode  # JSON: the write script decodes the batch (cjson)
+_decode_record = msgspec.json.Decoder(TaskRecord).decode
 
 
-# ARGV: prefix, ttl_ms, then per record: id, score, record, n, n index keys
+# ARGV: prefix, ttl_ms, and one JSON array of [id, score, record (JSON text), index key...]:
+# one argument for the whole batch (redis-py packs each argument in Python: 15,000 of them
+# per tick cost the worker more than its tasks did)
 WRITE = """
 local p, ttl = ARGV[1], ARGV[2]
-local i = 3
-while i <= #ARGV do
-  local id, score = ARGV[i], ARGV[i + 1]
-  redis.call('SET', p .. ':t:' .. id, ARGV[i + 2], 'PX', ttl)
-  local n = tonumber(ARGV[i + 3])
-  for j = 1, n do redis.call('ZADD', ARGV[i + 3 + j], score, id) end
-  i = i + 4 + n
+for _, item in ipairs(cjson.decode(ARGV[3])) do
+  local id, score = item[1], item[2]
+  redis.call('SET', p .. ':t:' .. id, item[3], 'PX', ttl)
+  for j = 4, #item do
+    redis.call('ZADD', item[j], score, id)
+    if string.find(item[j], ':root:', 1, true) then redis.call('PEXPIRE', item[j], ttl) end
+  end
 end
 return 0
 """
 
 
 def _indexes(record: TaskRecord) -> list[str]:
+    """By time, by state and by name (and by root for a canvas): the filters a dashboard
+    uses most. Worker and queue filters read the newest of these instead of an index of
+    their own: each index is one more write per task on the server."""
     found = [f"{P}:all", f"{P}:state:{record.state}"]
-    root = record.root_id if record.root_id != record.id else None  # a lone task is no tree
-    for kind, value in (("name", record.name), ("worker", record.worker),
-                        ("queue", record.queue), ("root", root)):  # fmt: skip
-        if value:
-            found.append(f"{P}:{kind}:{value}")
+    if record.name:
+        found.append(f"{P}:name:{record.name}")
+    if record.root_id and record.root_id != record.id:  # a lone task is no tree
+        found.append(f"{P}:root:{record.root_id}")
     return found
 
 
@@ -87,13 +93,15 @@ class RedisHistory:
             return
         client: Any = self._clients.get()
         ttl_ms = int(self.max_age_s * 1000)
-        args: list[Any] = [P, ttl_ms]
+        items: list[list[Any]] = []
         new_keys: set[str] = set()
         new_names: set[str] = set()
         for record in records:
             keys = _indexes(record)
-            args += [record.id, int(record.updated_at_s * 1000), _encode(record), len(keys), *keys]
-            new_keys.update(k for k in keys if k not in self._known_keys)
+            score = str(int(record.updated_at_s * 1000))
+            items.append([record.id, score, _encode(record).decode(), *keys])
+            # the trim walks these: by state and by name (a few); root indexes expire alone
+            new_keys.update(k for k in keys if ":root:" not in k and k not in self._known_keys)
             if record.name and record.name not in self._known_names:
                 new_names.add(record.name)
         async with self._clients.guarded(BackendConnectionError):
@@ -101,7 +109,8 @@ class RedisHistory:
                 self._write = client.register_script(WRITE)
             pipe = client.pipeline(transaction=False)
             # one script for the batch: the records and their indexes without a command each
-            await self._write(keys=[f"{P}:all"], args=args, client=pipe)  # queued in the pipe
+            batch = [P, ttl_ms, _encode(items)]
+            await self._write(keys=[f"{P}:all"], args=batch, client=pipe)  # queued in the pipe
             if new_keys:
                 pipe.sadd(f"{P}:indexes", *new_keys)
             if new_names:
@@ -163,9 +172,8 @@ class RedisHistory:
 
     async def _search(self, query: TaskQuery) -> Page:
         client: Any = self._clients.get()
-        filters = [f"{P}:{kind}:{value}" for kind, value in (
-            ("state", query.state), ("name", query.name), ("worker", query.worker),
-            ("queue", query.queue), ("root", query.root_id)) if value]  # fmt: skip
+        indexed = (("state", query.state), ("name", query.name), ("root", query.root_id))
+        filters = [f"{P}:{kind}:{value}" for kind, value in indexed if value]
         low = int(query.since_s * 1000) if query.since_s is not None else "-inf"
         high = int(query.until_s * 1000) if query.until_s is not None else "+inf"
         start = (max(query.page, 1) - 1) * query.per_page
@@ -177,7 +185,7 @@ class RedisHistory:
                 pipe.zinterstore(key, filters, aggregate="MAX")
                 pipe.pexpire(key, 10_000)
                 await pipe.execute()
-            if not query.q:
+            if not (query.q or query.worker or query.queue):
                 total = await client.zcount(key, low, high)
                 ids = await client.zrevrangebyscore(key, high, low, start=start, num=query.per_page)
                 records = await self._records(client, key, ids, query)
@@ -188,8 +196,8 @@ class RedisHistory:
     async def _scan(
         self, client: Any, key: str, query: TaskQuery, low: Any, high: Any, start: int
     ) -> Page:
-        """`q`: the newest records of the other filters that contain it (at most
-        Q_SCAN_LIMIT looked at; `total` counts the matches among those)."""
+        """`q`, `worker`, `queue`: the newest records of the indexed filters that match
+        (at most Q_SCAN_LIMIT looked at; `total` counts the matches among those)."""
         found: list[TaskRecord] = []
         offset = 0
         while offset < Q_SCAN_LIMIT:
