@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS history (  -- task history (aiotq/history.py), newest
     name TEXT,
     worker TEXT,
     queue TEXT,
-    root_id TEXT,
+    root_id TEXT,                     -- NULL for a lone task (its own root): a smaller index
     updated_ms INTEGER NOT NULL,
     search TEXT NOT NULL,
     record BLOB NOT NULL
@@ -102,9 +102,7 @@ CREATE TABLE IF NOT EXISTS history (  -- task history (aiotq/history.py), newest
 CREATE INDEX IF NOT EXISTS history_updated ON history (updated_ms);
 CREATE INDEX IF NOT EXISTS history_state ON history (state, updated_ms);
 CREATE INDEX IF NOT EXISTS history_name ON history (name, updated_ms);
-CREATE INDEX IF NOT EXISTS history_worker ON history (worker, updated_ms);
-CREATE INDEX IF NOT EXISTS history_queue ON history (queue, updated_ms);
-CREATE INDEX IF NOT EXISTS history_root ON history (root_id);
+CREATE INDEX IF NOT EXISTS history_tree ON history (root_id) WHERE root_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history_minutes (
     minute_s INTEGER PRIMARY KEY,
     counts BLOB NOT NULL

@@ -1,7 +1,9 @@
 """Task history in the SQLite result backend: one indexed row per task (`history`), one row
-per minute of counters (`history_minutes`). A tick's events are merged in one transaction;
+per minute of counters (`history_minutes`). A tick's records are written in one transaction;
 listing uses the (column, updated_ms) indexes, so a filtered page stays fast at a million
-rows; `q` (a substring of id, name or args) scans the `search` column."""
+rows. Only what a page filters on most is indexed (time, state, name, a canvas's root):
+each index is one more write per task; worker, queue and `q` (a substring of id, name or
+args) filter the rows of those."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ class SqliteHistory:
         if trim:
             self._trimmed_at = time.monotonic()
         rows = [
-            (r.id, r.state, r.name, r.worker, r.queue, r.root_id,
+            (r.id, r.state, r.name, r.worker, r.queue, r.root_id if r.root_id != r.id else None,
              int(r.updated_at_s * 1000), search_text(r), _encode(r))
             for r in records
         ]  # fmt: skip
@@ -102,11 +104,13 @@ class SqliteHistory:
         where: list[str] = ["1"]
         values: list[Any] = []
         for column, value in (("state", query.state), ("name", query.name),
-                              ("worker", query.worker), ("queue", query.queue),
-                              ("root_id", query.root_id)):  # fmt: skip
+                              ("worker", query.worker), ("queue", query.queue)):  # fmt: skip
             if value:
                 where.append(f"{column} = ?")
                 values.append(value)
+        if query.root_id:
+            where.append("(root_id = ? OR id = ?)")
+            values += [query.root_id, query.root_id]
         if query.since_s is not None:
             where.append("updated_ms >= ?")
             values.append(int(query.since_s * 1000))
