@@ -67,11 +67,15 @@ class TaskQuery(msgspec.Struct, kw_only=True):
     per_page: int = 50
 
 
+COUNT_LIMIT = 10_000  # matches counted at most: a page of a million stays fast
+
+
 class Page(msgspec.Struct, kw_only=True):
     records: list[TaskRecord]
-    total: int  # matching records (may be an estimate past `count_limit` on Redis)
+    total: int  # matching records, counted up to COUNT_LIMIT (then `exact` is False)
     page: int
     per_page: int
+    exact: bool = True
 
 
 class Minute(msgspec.Struct, kw_only=True):

@@ -5,8 +5,8 @@ substring search).
     .venv/bin/python -m benchmarks.history --url sqlite:////tmp/aiotq-history.db
     .venv/bin/python -m benchmarks.history --url redis://127.0.0.1:6379/12 --sizes 10000,100000
 
-The store is filled through `HistoryStore.record()` as workers fill it (received +
-succeeded or failed per task, in ticks of 2,000 events); each query runs 5 times, the
+The store is filled through `HistoryStore.write()` as workers fill it (one finished record
+per task, in ticks of 1,000); each query runs 5 times, the
 median is printed.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import uvloop
 
 from aiotq import App
-from aiotq.history import TaskQuery
+from aiotq.history import TaskQuery, records_of
 
 NAMES = [f"proj.tasks.job_{n}" for n in range(20)]
 STATES = ("task-succeeded",) * 9 + ("task-failed",)
@@ -76,7 +76,7 @@ async def main() -> None:
         began = time.perf_counter()
         while stored < size:
             batch = min(1000, size - stored)
-            await history.record(events_for(stored, batch, now))
+            await history.write(records_of(events_for(stored, batch, now)))
             stored += batch
         fill = time.perf_counter() - began
         figures = [f"{label} {await timed(history, q):.1f} ms" for label, q in queries.items()]

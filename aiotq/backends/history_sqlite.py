@@ -16,6 +16,7 @@ import msgspec
 
 from .._sqlite import Database, transaction
 from ..history import (
+    COUNT_LIMIT,
     Minute,
     MinuteCounts,
     Page,
@@ -130,10 +131,14 @@ class SqliteHistory:
                 (*values, query.per_page, offset),
             ).fetchall()
             (total,) = connection.execute(
-                f"SELECT COUNT(*) FROM history WHERE {condition}", values
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM history WHERE {condition}"
+                " ORDER BY updated_ms DESC LIMIT ?)",
+                (*values, COUNT_LIMIT + 1),
             ).fetchone()
-            return Page(records=[_decode_record(row[0]) for row in rows], total=int(total),
-                        page=query.page, per_page=query.per_page)  # fmt: skip
+            exact = total <= COUNT_LIMIT
+            return Page(records=[_decode_record(row[0]) for row in rows],
+                        total=min(int(total), COUNT_LIMIT), page=query.page,
+                        per_page=query.per_page, exact=exact)  # fmt: skip
 
         return await self._db.run(read)
 
