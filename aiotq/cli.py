@@ -15,6 +15,7 @@ from ._version import __version__
 from .app import App, run
 from .cli_common import LOG_LEVELS, AppOption, fail, load_app, run_against
 from .cli_control import control_cli, events_command, inspect_cli
+from .dashboard.cli import dashboard_command
 from .exceptions import AiotqError, ConfigurationError
 
 cli = typer.Typer(
@@ -304,6 +305,7 @@ def dead_letters(
 cli.add_typer(inspect_cli, name="inspect")
 cli.add_typer(control_cli, name="control")
 cli.command("events")(events_command)
+cli.command("dashboard")(dashboard_command)
 
 
 def main() -> None:

@@ -45,8 +45,10 @@ def dead_letters(app: App, queue: str = "default") -> list[tuple[bytes, str]]:
     return asyncio.run(read())
 
 
-def fill(client: redis.Redis, headroom: int = 300_000) -> list[str]:
-    """Bring a noeviction Redis to its maxmemory: every SET is refused with OOM after this."""
+def fill(client: redis.Redis, headroom: int = 1_000_000) -> list[str]:
+    """Bring a noeviction Redis to its maxmemory: every SET is refused with OOM after this.
+    (A headroom of a megabyte: what the worker brings along, its connections and the Lua
+    VM of the history script, must not outgrow what the test frees again.)"""
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory", used + headroom)
     keys: list[str] = []

@@ -51,6 +51,10 @@ _decode_record = msgspec.json.Decoder(TaskRecord).decode
 # ARGV: prefix, ttl_ms, and one JSON array of [id, score, record (JSON text), index key...]:
 # one argument for the whole batch (redis-py packs each argument in Python: 15,000 of them
 # per tick cost the worker more than its tasks did)
+# On Redis 7 the shebang makes the server refuse the script before it runs when memory is
+# full (deny-oom); without it the script would run, decode the batch into the Lua heap, and
+# fail at its first write, and the garbage kept a full Redis full after room was made.
+SHEBANG = "#!lua\n"
 WRITE = """
 local p, ttl = ARGV[1], ARGV[2]
 for _, item in ipairs(cjson.decode(ARGV[3])) do
@@ -61,6 +65,9 @@ for _, item in ipairs(cjson.decode(ARGV[3])) do
     if string.find(item[j], ':root:', 1, true) then redis.call('PEXPIRE', item[j], ttl) end
   end
 end
+-- the decoded batch is garbage now: free it, or it counts against maxmemory until the next
+-- script (a full Redis refuses scripts: it would stay full)
+collectgarbage()
 return 0
 """
 
@@ -106,7 +113,9 @@ class RedisHistory:
                 new_names.add(record.name)
         async with self._clients.guarded(BackendConnectionError):
             if self._write is None:
-                self._write = client.register_script(WRITE)
+                info = await client.info("server")
+                major = int(str(info.get("redis_version", "6")).split(".")[0])
+                self._write = client.register_script(SHEBANG + WRITE if major >= 7 else WRITE)
             pipe = client.pipeline(transaction=False)
             # one script for the batch: the records and their indexes without a command each
             batch = [P, ttl_ms, _encode(items)]

@@ -1,8 +1,10 @@
 """The worker's task-history writer: task events in (combined into one record per run),
 one `HistoryStore.write()` per tick.
 
-Bounded like the event sender: while the store is away at most BUFFER_CAP events wait
-(the oldest dropped, counted); a runner never waits for history.
+Bounded like the event sender: while the store is away at most BUFFER_CAP records wait
+(the oldest dropped, counted) and writing backs off (a store that refuses, e.g. a full
+Redis, is not sent the same large batch every tick: history never competes with results);
+a runner never waits for history. A write carries at most WRITE_MAX records.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import logging
 from collections import deque
 from typing import Any
 
+from .._backoff import Backoff
 from ..exceptions import AiotqError
 from ..history import Combiner, HistoryStore, TaskRecord
 
 log = logging.getLogger("aiotq.worker")
 
 BUFFER_CAP = 20_000
+WRITE_MAX = 2_000
 
 
 class HistoryRecorder:
@@ -28,6 +32,8 @@ class HistoryRecorder:
         self._combiner = Combiner()
         self._buffer: deque[TaskRecord] = deque(maxlen=BUFFER_CAP)
         self._warned = False
+        self._backoff = Backoff(initial=1.0, cap=30.0)
+        self._resume_at = 0.0  # loop time: no write before this, after a refusal
 
     def feed(self, event: dict[str, Any]) -> None:
         record = self._combiner.feed(event)
@@ -38,19 +44,22 @@ class HistoryRecorder:
         self._buffer.append(record)
 
     async def flush(self) -> None:
-        if not self._buffer:
-            return
-        batch = list(self._buffer)
-        self._buffer.clear()
+        loop = asyncio.get_running_loop()
+        while self._buffer and loop.time() >= self._resume_at:
+            await self._write_some(loop)
+
+    async def _write_some(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = [self._buffer.popleft() for _ in range(min(WRITE_MAX, len(self._buffer)))]
         try:
             await self.store.write(batch)
             self._warned = False
+            self._backoff.reset()
         except AiotqError as exc:
-            for record in reversed(batch):  # kept for the next tick, within the cap
-                if len(self._buffer) == BUFFER_CAP:
-                    self.dropped += 1
-                    break
-                self._buffer.appendleft(record)
+            self._resume_at = loop.time() + self._backoff.delay()
+            room = max(BUFFER_CAP - len(self._buffer), 0)  # kept for later, within the cap
+            kept = batch[len(batch) - room :] if room < len(batch) else batch
+            self.dropped += len(batch) - len(kept)
+            self._buffer.extendleft(reversed(kept))
             if not self._warned:
                 log.warning("could not write task history (%s); keeping it for later", exc)
                 self._warned = True

@@ -27,7 +27,6 @@ from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES, Consumer
 from ..events import Dispatcher
 from ..exceptions import AiotqError, ConfigurationError, Transient
-from ..metrics import TaskMetrics
 from ..urls import mask_password
 from .control import ControlListener
 from .execute import Executor
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from ..app import App
     from ..backends.base import ResultStore
     from ..brokers.base import Broker, Delivery
+    from ..metrics import TaskMetrics
 
 log = logging.getLogger("aiotq.worker")
 
@@ -127,7 +127,11 @@ class Worker:
         history = self.app.history
         recorder = HistoryRecorder(history) if history is not None else None
         sinks = [recorder.feed] if recorder is not None else []
-        metrics = TaskMetrics(self.hostname) if self.metrics_port else None
+        metrics = None
+        if self.metrics_port:  # prometheus_client is imported only for a worker that serves
+            from ..metrics import TaskMetrics
+
+            metrics = TaskMetrics(self.hostname)
         if metrics is not None:
             sinks.append(metrics.feed)
         task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max, sinks)
