@@ -39,6 +39,7 @@ class SqliteHistory:
         self.max_age_s = max_age_s
         self._trimmed_at = 0.0
         self.trim_every_s = TRIM_EVERY_S
+        self._known_names: set[str] = set()  # already in history_names
 
     async def write(self, records: Sequence[TaskRecord]) -> None:
         if not records:
@@ -51,6 +52,7 @@ class SqliteHistory:
              int(r.updated_at_s * 1000), search_text(r), _encode(r))
             for r in records
         ]  # fmt: skip
+        names = {r.name for r in records if r.name and r.name not in self._known_names}
 
         def insert(connection: sqlite3.Connection) -> None:
             with transaction(connection):
@@ -60,11 +62,17 @@ class SqliteHistory:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                if names:
+                    connection.executemany(
+                        "INSERT OR IGNORE INTO history_names (name) VALUES (?)",
+                        [(name,) for name in names],
+                    )
                 self._count_minutes(connection, records)
                 if trim:
                     self._trim(connection)
 
         await self._db.run(insert)
+        self._known_names.update(names)
 
     @staticmethod
     def _count_minutes(connection: sqlite3.Connection, records: Sequence[TaskRecord]) -> None:
@@ -144,9 +152,7 @@ class SqliteHistory:
 
     async def names(self) -> list[str]:
         def read(connection: sqlite3.Connection) -> list[str]:
-            rows = connection.execute(
-                "SELECT DISTINCT name FROM history WHERE name IS NOT NULL ORDER BY name"
-            ).fetchall()
+            rows = connection.execute("SELECT name FROM history_names ORDER BY name").fetchall()
             return [row[0] for row in rows]
 
         return await self._db.run(read)
