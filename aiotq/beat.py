@@ -70,7 +70,8 @@ def entries_of(app: App) -> list[Entry]:
     return entries
 
 
-def _last_run_key(name: str) -> str:
+def last_run_key(name: str) -> str:
+    """Where an entry's last run is kept in the coordinator (also read by the dashboard)."""
     return f"aiotq.beat.last:{name}"
 
 
@@ -130,7 +131,7 @@ class Beat:
         """The next run of each entry, from its last run (kept by whichever beat led)."""
         now = dt.datetime.now(dt.UTC)
         for entry in self.entries:
-            data = await self.coordinator.fetch(_last_run_key(entry.name))
+            data = await self.coordinator.fetch(last_run_key(entry.name))
             if data is None:
                 self._next[entry.name] = entry.schedule.next_after(now)
             else:
@@ -157,7 +158,7 @@ class Beat:
             else:
                 log.warning("beat: %s missed %d run(s) while down; skipped", entry.name, missed + 1)
             await self.coordinator.put(
-                _last_run_key(entry.name), msgspec.json.encode(latest.timestamp()), LAST_RUN_TTL_S
+                last_run_key(entry.name), msgspec.json.encode(latest.timestamp()), LAST_RUN_TTL_S
             )
             self._next[entry.name] = following
 

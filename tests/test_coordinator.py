@@ -201,3 +201,11 @@ async def test_rpc_replies_through_the_brokers_public_channel(amqp_session_url: 
         await caller.aclose()
         await worker.aclose()
         await broker.aclose()
+
+
+async def test_holder_names_who_leads_and_none_after_release(coordinator) -> None:  # type: ignore[no-untyped-def]
+    assert await coordinator.holder("lead-x") is None
+    assert await coordinator.lease("lead-x", "a", 5)
+    assert await coordinator.holder("lead-x") == "a"
+    await coordinator.release("lead-x", "a")
+    assert await coordinator.holder("lead-x") is None

@@ -21,7 +21,7 @@ from starlette.routing import Mount
 from typer.testing import CliRunner
 
 from aiotq import App
-from aiotq.beat import _last_run_key
+from aiotq.beat import LEADER_LEASE, last_run_key
 from aiotq.dashboard import asgi
 from aiotq.dashboard.cli import dashboard_command
 from aiotq.dashboard.data import masked, parse_time
@@ -159,7 +159,7 @@ async def test_every_page_renders_against_a_real_worker(app: App) -> None:
         assert 'id="queue-default"' in queues.text and 'id="queue-extra"' in queues.text
         beat = await c.get("/beat")
         assert "every-minute" in beat.text and "every(60s)" in beat.text
-        assert "(not shown)" in beat.text and "never" in beat.text
+        assert "none (no beat runs)" in beat.text and "never" in beat.text
         settings = await c.get("/settings")
         assert "task_default_queue" in settings.text
         summary = (await c.get("/api/summary")).json()
@@ -594,9 +594,11 @@ async def test_beat_shows_the_last_and_next_run(app: App) -> None:
     coordinator = app.coordinator
     assert coordinator is not None
     last = time.time() - 30
-    await coordinator.put(_last_run_key("every-minute"), msgspec.json.encode(last), 60)
+    await coordinator.put(last_run_key("every-minute"), msgspec.json.encode(last), 60)
+    assert await coordinator.lease(LEADER_LEASE, "beat@web-1:4242", 10)
     async with client(asgi(app)) as c:
         html = (await c.get("/beat")).text
+    assert "beat@web-1:4242" in html  # who leads now
     assert "30s ago" in html or "31s ago" in html
     assert "in 29s" in html or "in 30s" in html or "in 28s" in html
 

@@ -63,6 +63,10 @@ class Coordinator(Protocol):
     async def release(self, name: str, holder: str) -> None:
         """Give the lease up now if `holder` has it, so another can take it at once."""
 
+    async def holder(self, name: str) -> str | None:
+        """Who holds the named lease now (None when nobody does): the dashboard's beat."""
+        ...
+
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         """Set `key` to `value` until `ttl_s` from now (replacing any value and TTL)."""
 

@@ -98,6 +98,11 @@ class MemoryBackend:
             if self._leases.get(name, ("", 0.0))[0] == holder:
                 del self._leases[name]
 
+    async def holder(self, name: str) -> str | None:
+        with self._lock:
+            current, until = self._leases.get(name, ("", 0.0))
+        return current if until > time.monotonic() else None
+
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         with self._lock:
             self._values[key] = (value, time.monotonic() + ttl_s)

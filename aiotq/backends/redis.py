@@ -264,6 +264,11 @@ class RedisBackend:
         async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().eval(RELEASE, 1, f"aiotq:lease:{name}", holder)
 
+    async def holder(self, name: str) -> str | None:
+        async with self._clients.guarded(BackendConnectionError):
+            value: Any = await self._clients.get().get(f"aiotq:lease:{name}")
+        return value.decode() if value is not None else None
+
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         async with self._clients.guarded(BackendConnectionError):
             await self._clients.get().set(KV_PREFIX + key, value, px=max(1, int(ttl_s * 1000)))

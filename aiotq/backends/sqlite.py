@@ -146,6 +146,15 @@ class SqliteBackend:
 
         return await self._db.run(take)
 
+    async def holder(self, name: str) -> str | None:
+        def read(connection: sqlite3.Connection) -> str | None:
+            row = connection.execute(
+                "SELECT holder FROM leases WHERE name = ? AND until_ms >= ?", (name, _now_ms())
+            ).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._db.run(read)
+
     async def release(self, name: str, holder: str) -> None:
         await self._db.run(
             lambda connection: connection.execute(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..beat import _last_run_key, entries_of
+from ..beat import LEADER_LEASE, entries_of, last_run_key
 from ..events import capped
 from ..exceptions import AiotqError
 from ..history import TaskQuery, TaskRecord, search_text
@@ -301,6 +301,18 @@ async def dead_letters(app: App, queue: str, limit: int = 20) -> list[dict[str, 
 
 
 # -- beat ----------------------------------------------------------------------------------------
+async def beat_leader(app: App) -> str | None:
+    """The process leading beat now (its holder name), or None."""
+    coordinator = app.coordinator
+    if coordinator is None:
+        return None
+    try:
+        return await coordinator.holder(LEADER_LEASE)
+    except AiotqError as exc:
+        log.warning("cannot read beat's leader: %s", exc)
+        return None
+
+
 async def beat_rows(app: App) -> tuple[list[dict[str, Any]], str | None]:
     """Each periodic entry with its schedule, last and next run; an error instead when the
     schedule cannot be read."""
@@ -315,7 +327,7 @@ async def beat_rows(app: App) -> tuple[list[dict[str, Any]], str | None]:
         last: dt.datetime | None = None
         if coordinator is not None:
             try:
-                data = await coordinator.fetch(_last_run_key(entry.name))
+                data = await coordinator.fetch(last_run_key(entry.name))
                 if data is not None:
                     stamp = msgspec.json.decode(data, type=float)
                     last = dt.datetime.fromtimestamp(stamp, dt.UTC)

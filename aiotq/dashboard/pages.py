@@ -126,6 +126,7 @@ async def beat_page(request: Request) -> Response:
     rows, error = await data.beat_rows(app)
     return await render(request, "beat.html", {
         "entries": rows, "error": error, "has_coordinator": app.coordinator is not None,
+        "leader": await data.beat_leader(app),
     })  # fmt: skip
 
 
