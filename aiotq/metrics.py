@@ -62,6 +62,9 @@ class TaskMetrics:
         }
         self.runtime = Histogram("celery_task_runtime", "Task runtime (seconds).",
                                  list(LABELS), buckets=BUCKETS, registry=r)  # fmt: skip
+        self.queue_wait = Histogram("celery_task_queue_wait_time", "From due (sent, or its eta)"
+                                    " to started (seconds).", list(LABELS), buckets=BUCKETS,
+                                    registry=r)  # fmt: skip
         self.worker_up = Gauge("celery_worker_up", "1 while the worker runs.", ["hostname"],
                                registry=r)  # fmt: skip
         self.tasks_active = Gauge("celery_worker_tasks_active", "Tasks running now.",
@@ -74,7 +77,8 @@ class TaskMetrics:
         self.prefetched = Gauge("aiotq_worker_prefetched_tasks", "Fetched, not yet running.",
                                 ["hostname"], registry=r)  # fmt: skip
         self.worker_up.labels(hostname).set(1)
-        self._known: OrderedDict[str, tuple[str, str]] = OrderedDict()  # uuid -> name, queue
+        # uuid -> name, queue, due (epoch s: sent, or its eta when later)
+        self._known: OrderedDict[str, tuple[str, str, float | None]] = OrderedDict()
 
     def watch(
         self,
@@ -96,13 +100,18 @@ class TaskMetrics:
         task_id = event["uuid"]
         if kind == "received":
             name, queue = event.get("name") or "", event.get("queue") or ""
-            self._known[task_id] = (name, queue)
+            sent, eta = event.get("sent_at"), event.get("eta")
+            due = max(sent, eta or 0.0) if sent is not None else None
+            self._known[task_id] = (name, queue, due)
             if len(self._known) > KNOWN_CAP:
                 self._known.popitem(last=False)
         else:
-            name, queue = self._known.get(task_id, (event.get("name") or "", ""))
+            name, queue, due = self._known.get(task_id, (event.get("name") or "", "", None))
             if kind in ("succeeded", "failed", "rejected", "revoked", "retried"):
                 self._known.pop(task_id, None)
+            elif kind == "started" and due is not None:
+                wait = max(0.0, float(event["timestamp"]) - due)
+                self.queue_wait.labels(name, self.hostname, queue).observe(wait)
         if kind == "failed":
             exception = str(event.get("exception") or "").split(":", 1)[0]
             self.counters["failed"].labels(name, self.hostname, queue, exception).inc()

@@ -9,6 +9,8 @@ bad URL fails at the first send, naming it).
 
 from __future__ import annotations
 
+import functools
+import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -147,10 +149,13 @@ class Producer:
             queue=targets[0],
             routing_key=opt.get("routing_key"),
             headers=dict(opt.get("headers") or {}),
+            sent_at_s=time.time(),
         )
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
         await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
+        if settings.producer_metrics:
+            _sent_total().labels(name, _HOSTNAME, message.queue or "").inc()
         if settings.task_send_sent_event:
             await send_sent(
                 wiring.broker, message, keep=settings.event_keep,
@@ -199,6 +204,18 @@ def producer_of(source: Producer | HasProducer | None) -> Producer | None:
     if source is None or isinstance(source, Producer):
         return source
     return source.producer
+
+
+_HOSTNAME = socket.gethostname()
+
+
+@functools.cache
+def _sent_total() -> Any:
+    """`celery_task_sent_total` in the sending process's default prometheus_client registry
+    (`producer_metrics = True`): the web app exposes it with its own metrics."""
+    from prometheus_client import Counter
+
+    return Counter("celery_task_sent_total", "Tasks sent.", ["name", "hostname", "queue_name"])
 
 
 def _epoch(value: datetime | float | None, *, relative: bool) -> float | None:

@@ -76,6 +76,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     routing_key: str | None = None
     reply_to: str | None = None
     headers: dict[str, Any] = msgspec.field(default_factory=dict)
+    sent_at_s: float | None = None  # when the producer sent it: queue wait time (metrics)
 
 
 class Failure(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -73,6 +73,7 @@ class Settings(msgspec.Struct, kw_only=True):
     history_max_tasks: int = 100_000  # 0: keep none
     history_max_age_s: float = 86400.0
     tracing: bool = True  # OpenTelemetry spans, when opentelemetry is installed (aiotq[otel])
+    producer_metrics: bool = False  # count celery_task_sent_total where tasks are sent
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
     broker_pool_size: int = 10

@@ -79,6 +79,8 @@ async def test_a_workers_metrics_count_what_it_ran(tmp_path: Path) -> None:
         assert total(found, "celery_worker_up", **host) == 1
         assert total(found, "celery_worker_tasks_active", **host) == 0
         assert ("aiotq_event_loop_lag_max_seconds", (("hostname", "metrics@here"),)) in found
+        waits = total(found, "celery_task_queue_wait_time_count", name="e2e.add", **host)
+        assert waits == 5 and total(found, "celery_task_queue_wait_time_sum", name="e2e.add") < 10
 
         await app.asend_task("e2e.sleep", (0,), countdown=30)  # delayed: counted as such
         body, content_type = await render_cluster(app)
@@ -111,3 +113,24 @@ def test_the_shipped_grafana_dashboard_and_alerts_use_only_metrics_we_export() -
     exprs.append((root / "alerts.yaml").read_text())
     used = {m for e in exprs for m in re.findall(r"\b((?:celery|aiotq)_[a-z_]+)\b", e)}
     assert used and used <= exported, used - exported
+
+
+async def test_the_sending_process_counts_sent_tasks_in_its_own_registry(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def sent() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "celery_task_sent_total",
+                {"name": "e2e.add", "hostname": socket.gethostname(), "queue_name": "default"},
+            )
+            or 0.0
+        )
+
+    app = build(f"sqlite:///{tmp_path}/p.db")
+    app.conf.producer_metrics = True  # the web app's /metrics (its default registry) shows it
+    before = sent()
+    for n in range(3):
+        await app.tasks["e2e.add"].send(n, n)
+    assert sent() - before == 3
+    await app.aclose()

@@ -56,6 +56,7 @@ class TaskEvents:
             "retries": message.retries, "eta": message.eta_at_s, "expires": message.expires_at_s,
             "root_id": message.root_id, "parent_id": message.parent_id,
             "queue": delivery.queue, "routing_key": message.routing_key or delivery.queue,
+            "sent_at": message.sent_at_s,
         })  # fmt: skip
 
     def started(self, message: Message) -> None:
