@@ -103,7 +103,7 @@ def test_the_shipped_grafana_dashboard_and_alerts_use_only_metrics_we_export() -
     exported = {
         "celery_task_received_total", "celery_task_started_total", "celery_task_succeeded_total",
         "celery_task_failed_total", "celery_task_rejected_total", "celery_task_revoked_total",
-        "celery_task_retried_total", "celery_task_runtime_bucket", "celery_worker_up",
+        "celery_task_retried_total", "celery_task_runtime_bucket", "celery_task_queue_wait_time_bucket", "celery_worker_up",
         "celery_worker_tasks_active", "celery_queue_length", "celery_active_worker_count",
         "aiotq_queue_delayed", "aiotq_queue_dead_letters", "aiotq_event_loop_lag_max_seconds",
         "aiotq_event_loop_blocked", "aiotq_worker_prefetched_tasks",
