@@ -11,9 +11,10 @@ parent's sockets and threads are not the child's to use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -82,3 +83,17 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def flush_every(interval_s: float, flush: Callable[[], Awaitable[None]]) -> None:
+    """A batching coroutine's life (events, task history): `flush()` every interval until
+    cancelled, then once more, for a second at most (a warm stop sends what is left; a store
+    that is away does not hold the stop)."""
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            await flush()
+    finally:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(1.0):
+                await flush()

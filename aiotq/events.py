@@ -13,7 +13,6 @@ instead of growing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from ._loops import flush_every
 from .brokers.bus import Bus
 from .exceptions import AiotqError, Transient
 
@@ -104,14 +104,7 @@ class Dispatcher:
             log.warning("could not send %d event(s): %s", len(batch), exc)
 
     async def run(self, interval_s: float) -> None:
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                await self.flush()
-        finally:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(1.0):  # a warm stop sends what is left, briefly
-                    await self.flush()
+        await flush_every(interval_s, self.flush)
 
 
 async def send_sent(bus: Bus, message: Any, *, keep: int, ttl_s: float, value_max: int) -> None:

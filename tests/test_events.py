@@ -19,23 +19,12 @@ from aiotq import App
 from aiotq.testing import run_worker
 
 from .apps import build
-from .test_control import Setup
+from .test_control import Setup, setup  # noqa: F401  (the fixture: every broker)
 from .workerproc import ROOT, WorkerProcess
 
 
-@pytest.fixture(params=["redis", "sqlite", "amqp"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/aiotq.db"
-        return Setup(url, url)
-    redis_url = str(request.getfixturevalue("redis_url"))
-    if request.param == "redis":
-        return Setup(redis_url, redis_url)
-    return Setup(str(request.getfixturevalue("amqp_url")), redis_url)
-
-
 @pytest.fixture
-def start(setup: Setup) -> Iterator[Callable[..., WorkerProcess]]:
+def start(setup: Setup) -> Iterator[Callable[..., WorkerProcess]]:  # noqa: F811
     started: list[WorkerProcess] = []
 
     def start_worker(*args: str) -> WorkerProcess:
@@ -68,7 +57,8 @@ def lifecycle(events: list[dict[str, Any]], task_id: str) -> list[str]:
 
 
 async def test_a_monitor_started_after_the_worker_sees_100_lifecycles_in_order(
-    setup: Setup, start: Callable[..., WorkerProcess]
+    setup: Setup,  # noqa: F811
+    start: Callable[..., WorkerProcess],
 ) -> None:
     start("-E")
     app = build(setup.broker, setup.results)

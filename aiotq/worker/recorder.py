@@ -10,12 +10,12 @@ a runner never waits for history. A write carries at most WRITE_MAX records.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import Any
 
 from .._backoff import Backoff
+from .._loops import flush_every
 from ..exceptions import AiotqError
 from ..history import Combiner, HistoryStore, TaskRecord
 
@@ -65,11 +65,4 @@ class HistoryRecorder:
                 self._warned = True
 
     async def run(self, interval_s: float) -> None:
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                await self.flush()
-        finally:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(1.0):  # a warm stop writes what is left, briefly
-                    await self.flush()
+        await flush_every(interval_s, self.flush)
