@@ -79,6 +79,8 @@ async def test_records_merge_a_lifecycle_and_search_narrows(store: Any) -> None:
     everything = await store.search(TaskQuery())
     assert everything.total == 6 and [r.id for r in everything.records] == ids[::-1]
     assert [r.id for r in (await store.search(TaskQuery(state="FAILURE"))).records] == [ids[3]]
+    succeeded = await store.search(TaskQuery(state="SUCCESS"))
+    assert succeeded.total == 5 and ids[3] not in {r.id for r in succeeded.records}
     assert {r.id for r in (await store.search(TaskQuery(name="sms.send"))).records} == {
         ids[1],
         ids[3],

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from redis import exceptions as redis_errors
 
 from .._redis import LoopClients
 from ..exceptions import BackendConnectionError
@@ -76,7 +77,9 @@ def _indexes(record: TaskRecord) -> list[str]:
     """By time, by state and by name (and by root for a canvas): the filters a dashboard
     uses most. Worker and queue filters read the newest of these instead of an index of
     their own: each index is one more write per task on the server."""
-    found = [f"{P}:all", f"{P}:state:{record.state}"]
+    found = [f"{P}:all"]
+    if record.state != "SUCCESS":  # most tasks: a SUCCESS filter reads `all` instead
+        found.append(f"{P}:state:{record.state}")
     if record.name:
         found.append(f"{P}:name:{record.name}")
     if record.root_id and record.root_id != record.id:  # a lone task is no tree
@@ -91,7 +94,7 @@ class RedisHistory:
         self.max_age_s = max_age_s
         self._trimmed_at = 0.0
         self.trim_every_s = TRIM_EVERY_S
-        self._write: Any = None  # the registered script, made on first use
+        self._sha: str | None = None  # the write script, loaded on first use
         self._known_keys: set[str] = set()  # index sets and names already registered
         self._known_names: set[str] = set()
 
@@ -112,33 +115,48 @@ class RedisHistory:
             if record.name and record.name not in self._known_names:
                 new_names.add(record.name)
         async with self._clients.guarded(BackendConnectionError):
-            if self._write is None:
-                info = await client.info("server")
-                major = int(str(info.get("redis_version", "6")).split(".")[0])
-                self._write = client.register_script(SHEBANG + WRITE if major >= 7 else WRITE)
-            pipe = client.pipeline(transaction=False)
-            # one script for the batch: the records and their indexes without a command each
-            batch = [P, ttl_ms, _encode(items)]
-            await self._write(keys=[f"{P}:all"], args=batch, client=pipe)  # queued in the pipe
-            if new_keys:
-                pipe.sadd(f"{P}:indexes", *new_keys)
-            if new_names:
-                pipe.sadd(f"{P}:names", *new_names)
-            for minute_s, counts in minute_counts(records).items():
-                key = f"{P}:m:{minute_s}"  # a hash of counters: HINCRBY adds atomically
-                for field in ("succeeded", "failed", "retried", "revoked"):
-                    if getattr(counts, field):
-                        pipe.hincrby(key, field, getattr(counts, field))
-                for index, count in enumerate(counts.buckets):
-                    if count:
-                        pipe.hincrby(key, f"b{index}", count)
-                pipe.pexpire(key, ttl_ms + 60_000)
-            await pipe.execute()
+            try:
+                await self._send(client, [P, ttl_ms, _encode(items)], records, new_keys, new_names)
+            except redis_errors.NoScriptError:  # the server restarted or flushed its scripts
+                self._sha = None
+                await self._send(client, [P, ttl_ms, _encode(items)], records, new_keys, new_names)
         self._known_keys.update(new_keys)
         self._known_names.update(new_names)
         if time.monotonic() - self._trimmed_at > self.trim_every_s:
             self._trimmed_at = time.monotonic()
             await self._trim()
+
+    async def _send(
+        self,
+        client: Any,
+        batch: list[Any],
+        records: Sequence[TaskRecord],
+        new_keys: set[str],
+        new_names: set[str],
+    ) -> None:
+        if self._sha is None:
+            info = await client.info("server")
+            major = int(str(info.get("redis_version", "6")).split(".")[0])
+            self._sha = await client.script_load(SHEBANG + WRITE if major >= 7 else WRITE)
+        ttl_ms = batch[1]
+        pipe = client.pipeline(transaction=False)
+        # one script for the batch: the records and their indexes without a command each
+        # (EVALSHA straight: redis-py's Script in a pipeline asks SCRIPT EXISTS each time)
+        pipe.evalsha(self._sha, 1, f"{P}:all", *batch)
+        if new_keys:
+            pipe.sadd(f"{P}:indexes", *new_keys)
+        if new_names:
+            pipe.sadd(f"{P}:names", *new_names)
+        for minute_s, counts in minute_counts(records).items():
+            key = f"{P}:m:{minute_s}"  # a hash of counters: HINCRBY adds atomically
+            for field in ("succeeded", "failed", "retried", "revoked"):
+                if getattr(counts, field):
+                    pipe.hincrby(key, field, getattr(counts, field))
+            for index, count in enumerate(counts.buckets):
+                if count:
+                    pipe.hincrby(key, f"b{index}", count)
+            pipe.pexpire(key, ttl_ms + 60_000)
+        await pipe.execute()
 
     async def _trim(self) -> None:
         client: Any = self._clients.get()
@@ -181,7 +199,8 @@ class RedisHistory:
 
     async def _search(self, query: TaskQuery) -> Page:
         client: Any = self._clients.get()
-        indexed = (("state", query.state), ("name", query.name), ("root", query.root_id))
+        state = query.state if query.state != "SUCCESS" else None
+        indexed = (("state", state), ("name", query.name), ("root", query.root_id))
         filters = [f"{P}:{kind}:{value}" for kind, value in indexed if value]
         low = int(query.since_s * 1000) if query.since_s is not None else "-inf"
         high = int(query.until_s * 1000) if query.until_s is not None else "+inf"
@@ -194,7 +213,7 @@ class RedisHistory:
                 pipe.zinterstore(key, filters, aggregate="MAX")
                 pipe.pexpire(key, 10_000)
                 await pipe.execute()
-            if not (query.q or query.worker or query.queue):
+            if not (query.q or query.worker or query.queue or query.state == "SUCCESS"):
                 total = await client.zcount(key, low, high)
                 ids = await client.zrevrangebyscore(key, high, low, start=start, num=query.per_page)
                 records = await self._records(client, key, ids, query)
@@ -226,11 +245,12 @@ class RedisHistory:
         the index as it is met."""
         if not ids:
             return []
+        state_index = f"{P}:state:" in key  # a record there in another state moved on
         data = await client.mget([f"{P}:t:{i.decode()}" for i in ids])
         found, stale = [], []
         for task_id, blob in zip(ids, data, strict=True):
             record = _decode_record(blob) if blob is not None else None
-            if record is None or (query.state and record.state != query.state):
+            if record is None or (state_index and record.state != query.state):
                 stale.append(task_id)
             elif matches(record, query):
                 found.append(record)
