@@ -79,6 +79,7 @@ class TaskMetrics:
         self.worker_up.labels(hostname).set(1)
         # uuid -> name, queue, due (epoch s: sent, or its eta when later)
         self._known: OrderedDict[str, tuple[str, str, float | None]] = OrderedDict()
+        self._children: dict[tuple[str, str, str], Any] = {}
 
     def watch(
         self,
@@ -111,15 +112,26 @@ class TaskMetrics:
                 self._known.pop(task_id, None)
             elif kind == "started" and due is not None:
                 wait = max(0.0, float(event["timestamp"]) - due)
-                self.queue_wait.labels(name, self.hostname, queue).observe(wait)
+                self._child("wait", name, queue).observe(wait)
         if kind == "failed":
             exception = str(event.get("exception") or "").split(":", 1)[0]
             self.counters["failed"].labels(name, self.hostname, queue, exception).inc()
         else:
-            self.counters[kind].labels(name, self.hostname, queue).inc()
+            self._child(kind, name, queue).inc()
         runtime = event.get("runtime")
         if runtime is not None and kind in ("succeeded", "failed"):
-            self.runtime.labels(name, self.hostname, queue).observe(float(runtime))
+            self._child("runtime", name, queue).observe(float(runtime))
+
+    def _child(self, kind: str, name: str, queue: str) -> Any:
+        """A metric's child for these labels, looked up once (`labels()` takes a lock and
+        builds its key on every call: a cost on the per-task path)."""
+        key = (kind, name, queue)
+        child = self._children.get(key)
+        if child is None:
+            metric = {"wait": self.queue_wait, "runtime": self.runtime}.get(kind)
+            parent = metric if metric is not None else self.counters[kind]
+            child = self._children[key] = parent.labels(name, self.hostname, queue)
+        return child
 
     def offline(self) -> None:
         self.worker_up.labels(self.hostname).set(0)
