@@ -41,6 +41,8 @@ class SqliteBackend:
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
         self._db = Database(url, busy_timeout_s, (BackendUnavailable, BackendError))
+        self._busy_timeout_s = busy_timeout_s
+        self._history_db: Database | None = None
         self._bell = Doorbell(self._db.path, "results")
         self._hubs = PerLoop(lambda: _Hub(self._db, self._bell.listen()))
         self._swept_at = 0.0
@@ -49,7 +51,13 @@ class SqliteBackend:
         return f"SqliteBackend({self.url!r})"
 
     def task_history(self, max_tasks: int, max_age_s: float) -> SqliteHistory:
-        return SqliteHistory(self._db, max_tasks, max_age_s)
+        """History lives in a file of its own beside this one (`<name>-history.db`): its
+        writes then never wait for, or hold up, the broker's and the results' write lock."""
+        if self._history_db is None:
+            path = self._db.path.with_name(self._db.path.stem + "-history.db")
+            self._history_db = Database(f"sqlite:///{path}", self._busy_timeout_s,
+                                        (BackendUnavailable, BackendError))  # fmt: skip
+        return SqliteHistory(self._history_db, max_tasks, max_age_s)
 
     async def connect(self) -> None:
         await self._db.run(lambda connection: None)
@@ -59,6 +67,8 @@ class SqliteBackend:
         if hub is not None:
             await hub.aclose()
         await self._db.aclose()
+        if self._history_db is not None:
+            await self._history_db.aclose()
         self._bell.close()
 
     def _sweep_due(self) -> bool:
