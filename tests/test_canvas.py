@@ -12,6 +12,7 @@ from aiotq import App, GroupResult, chain, chord, group
 from aiotq.testing import run_worker
 
 from .apps import build
+from .conftest import wait_for
 from .workerproc import WorkerProcess
 
 
@@ -177,9 +178,17 @@ def test_seed_chord_of_100_over_two_worker_processes(
         add, xsum = app.tasks["e2e.add"], app.tasks["e2e.xsum"]
         result = chord((add.s(i, 0) for i in range(100)), xsum.s()).apply_async()
         assert result.get(timeout=30) == sum(range(100))
-        ran = [w.count(r"Task e2e\.add\[.*\] succeeded") for w in two_workers]
-        assert sum(ran) == 100 and min(ran) > 0, ran  # spread over both processes
-        bodies = sum(w.count(r"Task e2e\.xsum\[.*\] succeeded") for w in two_workers)
-        assert bodies == 1  # the body ran exactly once
+
+        def ran() -> list[int]:  # the log lines come through reader threads: wait for them
+            return [w.count(r"Task e2e\.add\[.*\] succeeded") for w in two_workers]
+
+        wait_for(lambda: sum(ran()) >= 100, timeout=5)
+        assert sum(ran()) == 100 and min(ran()) > 0, ran()  # spread over both processes
+
+        def bodies() -> int:
+            return sum(w.count(r"Task e2e\.xsum\[.*\] succeeded") for w in two_workers)
+
+        wait_for(lambda: bodies() >= 1, timeout=5)
+        assert bodies() == 1  # the body ran exactly once
     finally:
         app.close()
