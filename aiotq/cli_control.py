@@ -165,9 +165,9 @@ def _control(
     async def go() -> None:
         control = app.control
         if method == "revoke":
-            replies = await control._revoke(
+            replies = await control.arevoke(
                 arguments["task_ids"], _nodes(destination), arguments["terminate"],
-                arguments["signal"], True, timeout,
+                arguments["signal"], reply=True, timeout=timeout,
             )  # fmt: skip
         else:
             replies = await control.abroadcast(

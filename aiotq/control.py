@@ -170,28 +170,24 @@ class Control:
         timeout: float = 1.0,
     ) -> Any:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        return self._run(self._revoke(ids, destination, terminate, signal, reply, timeout))
+        return self._run(self.arevoke(ids, destination, terminate, signal, reply, timeout))
 
     async def arevoke(
-        self, ids: list[str], terminate: bool = False, signal: str = "SIGTERM"
-    ) -> None:
-        await self._revoke(ids, None, terminate, signal, False, 1.0)
+        self,
+        ids: list[str],
+        destination: str | Iterable[str] | None = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        reply: bool = False,
+        timeout: float = 1.0,  # noqa: ASYNC109  (Celery's name)
+    ) -> list[dict[str, Any]]:
+        """`revoke()`'s async form (AsyncResult.revoke and the CLI use it)."""
+        await store_revokes(self.producer, ids, terminate)
+        arguments = {"task_ids": ids, "terminate": terminate, "signal": signal}
+        return await self.abroadcast("revoke", arguments, destination, reply, timeout)
 
     def terminate(self, task_id: str | Iterable[str], **options: Any) -> Any:
         return self.revoke(task_id, terminate=True, **options)
-
-    async def _revoke(
-        self,
-        ids: list[str],
-        destination: str | Iterable[str] | None,
-        terminate: bool,
-        signal: str,
-        reply: bool,
-        wait_s: float,
-    ) -> list[dict[str, Any]]:
-        await store_revokes(self.producer, ids, terminate)
-        arguments = {"task_ids": ids, "terminate": terminate, "signal": signal}
-        return await self.abroadcast("revoke", arguments, destination, reply, wait_s)
 
     def rate_limit(
         self,

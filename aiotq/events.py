@@ -107,17 +107,25 @@ class Dispatcher:
         await flush_every(interval_s, self.flush)
 
 
+def message_fields(message: Any, value_max: int) -> dict[str, Any]:
+    """What task-sent and task-received say of a message (Celery's fields)."""
+    return {
+        "uuid": message.id, "name": message.task,
+        "args": capped(message.args, value_max), "kwargs": capped(message.kwargs, value_max),
+        "retries": message.retries, "eta": message.eta_at_s, "expires": message.expires_at_s,
+        "root_id": message.root_id, "parent_id": message.parent_id,
+    }  # fmt: skip
+
+
 async def send_sent(bus: Bus, message: Any, *, keep: int, ttl_s: float, value_max: int) -> None:
     """The producer's `task-sent` (`task_send_sent_event`): one post per send, so a monitor
     sees a task from the moment it is queued (Flower's PENDING-forever complaint)."""
-    event = {
-        "type": "task-sent", "uuid": message.id, "name": message.task,
-        "args": capped(message.args, value_max), "kwargs": capped(message.kwargs, value_max),
-        "retries": message.retries, "eta": message.eta_at_s, "expires": message.expires_at_s,
-        "queue": message.queue, "routing_key": message.routing_key or message.queue,
-        "root_id": message.root_id, "parent_id": message.parent_id,
+    event = message_fields(message, value_max)
+    event.update({
+        "type": "task-sent", "queue": message.queue,
+        "routing_key": message.routing_key or message.queue,
         "hostname": _PRODUCER, "timestamp": time.time(), "pid": os.getpid(), "clock": 0,
-    }  # fmt: skip
+    })  # fmt: skip
     try:
         await bus.post(TOPIC, _encode([event]), keep=keep, ttl_s=ttl_s)
     except AiotqError as exc:  # the task is sent; only its event is lost

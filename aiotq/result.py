@@ -148,7 +148,9 @@ class AsyncResult(Generic[R]):
     def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> Any:
         """Never run this task (a worker that starts later refuses it too), and with
         `terminate` stop it where it runs; its result turns REVOKED at once."""
-        return self._run(Control(self.producer).arevoke([self.id], terminate, signal))
+        return self._run(
+            Control(self.producer).arevoke([self.id], terminate=terminate, signal=signal)
+        )
 
     def _current(self) -> ResultRecord | None:
         if not in_running_loop():
@@ -239,7 +241,7 @@ class GroupResult:
 
     def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> Any:
         ids = [result.id for result in self.results]
-        return self._run(Control(self.producer).arevoke(ids, terminate, signal))
+        return self._run(Control(self.producer).arevoke(ids, terminate=terminate, signal=signal))
 
     async def _get(self, limit_s: float | None, propagate: bool) -> list[Any]:
         deadline = None if limit_s is None else asyncio.get_running_loop().time() + limit_s

@@ -29,6 +29,7 @@ try:
 except ImportError:  # pragma: no cover - the extra is not installed
     trace = None  # type: ignore[assignment]
 
+NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()  # reused: tracing is off
 KEPT_CONTEXTS = 10_000  # runs whose span context the follow-ups (chain's next step) can use
 SYSTEMS = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
@@ -64,12 +65,15 @@ class Tracing:
             "aiotq.task.retries": message.retries,
         }
 
+    def publishing(
+        self, message: Any, headers: MutableMapping[str, str]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around a publish: the span is current while `headers` get its context. Off, it
+        is one shared no-op (this is every send's path)."""
+        return self._publishing(message, headers) if self.enabled else NO_SPAN
+
     @contextlib.contextmanager
-    def publishing(self, message: Any, headers: MutableMapping[str, str]) -> Iterator[None]:
-        """Around a publish: the span is current while `headers` get its context."""
-        if not self.enabled:
-            yield
-            return
+    def _publishing(self, message: Any, headers: MutableMapping[str, str]) -> Iterator[None]:
         name = f"publish {message.queue}"
         attributes = self._attributes(message, message.queue, "publish")
         with self._tracer.start_as_current_span(name, kind=SpanKind.PRODUCER,
@@ -77,12 +81,13 @@ class Tracing:
             propagate.inject(headers)
             yield
 
+    def processing(self, message: Any, queue: str) -> contextlib.AbstractContextManager[Any]:
+        """Around a run: a CONSUMER span whose parent is the sender's span (off: the shared
+        no-op, which yields None)."""
+        return self._processing(message, queue) if self.enabled else NO_SPAN
+
     @contextlib.contextmanager
-    def processing(self, message: Any, queue: str) -> Iterator[Any]:
-        """Around a run: a CONSUMER span whose parent is the sender's span."""
-        if not self.enabled:
-            yield None
-            return
+    def _processing(self, message: Any, queue: str) -> Iterator[Any]:
         parent = propagate.extract(message.headers or {})
         attributes = self._attributes(message, queue, "process")
         with self._tracer.start_as_current_span(

@@ -454,10 +454,15 @@ class AmqpBroker:
         """Ready counts from a passive declare; RabbitMQ tells neither the unacknowledged
         count (its management API does) nor which delayed messages are for this queue."""
         link = await self._link()
-        channel = await link.connection.channel()
         try:
-            ready = await channel.declare_queue(queue, passive=True)
-            dead = await channel.declare_queue(f"{queue}.dead", passive=True)
+            async with asyncio.timeout(self.publish_retry_s):
+                channel = await link.connection.channel()
+        except CONNECTION_ERRORS as exc:  # TimeoutError included
+            raise BrokerConnectionError(f"cannot reach RabbitMQ: {exc!r}") from exc
+        try:
+            async with asyncio.timeout(self.publish_retry_s):  # never an unbounded wait
+                ready = await channel.declare_queue(queue, passive=True)
+                dead = await channel.declare_queue(f"{queue}.dead", passive=True)
             ready_count = ready.declaration_result.message_count
             dead_count = dead.declaration_result.message_count
         except aiormq.exceptions.ChannelNotFoundEntity:

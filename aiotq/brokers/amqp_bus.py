@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .amqp import AmqpBroker
 
 SUBSCRIBER_CAP = 10_000
+WAIT_S = 10.0  # the longest a subscribe or a post waits for RabbitMQ
 
 
 class AmqpBus:
@@ -52,22 +53,27 @@ class AmqpBus:
         message = aio_pika.Message(body, expiration=max(ttl_s, 0.001))
         try:
             exchange = await self._exchange()
-            await exchange.publish(message, topic, mandatory=False, timeout=10.0)
+            await exchange.publish(message, topic, mandatory=False, timeout=WAIT_S)
         except self._errors as exc:
             self._exchanges.pop()
             raise BrokerConnectionError(f"cannot post to RabbitMQ's {BUS_EXCHANGE}: {exc}") from exc
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> _QueueInbox:
-        channel = await self._broker.open_channel()
+        try:
+            async with asyncio.timeout(WAIT_S):
+                channel = await self._broker.open_channel()
+        except TimeoutError as exc:
+            raise BrokerConnectionError(f"cannot subscribe to {topic!r}: no answer") from exc
         inbox = _QueueInbox(channel)
         try:
-            exchange = await self._exchange(channel)
-            queue = await channel.declare_queue(
-                "", exclusive=True, auto_delete=True,
-                arguments={"x-max-length": SUBSCRIBER_CAP, "x-overflow": "drop-head"},
-            )  # fmt: skip
-            await queue.bind(exchange, routing_key=topic)
-            await queue.consume(inbox.on_message, no_ack=True)
+            async with asyncio.timeout(WAIT_S):  # a server that accepts and never answers
+                exchange = await self._exchange(channel)
+                queue = await channel.declare_queue(
+                    "", exclusive=True, auto_delete=True,
+                    arguments={"x-max-length": SUBSCRIBER_CAP, "x-overflow": "drop-head"},
+                )  # fmt: skip
+                await queue.bind(exchange, routing_key=topic)
+                await queue.consume(inbox.on_message, no_ack=True)
         except BaseException as exc:
             await inbox.aclose()
             if isinstance(exc, self._errors):

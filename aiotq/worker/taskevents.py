@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..events import Dispatcher, capped
+from ..events import Dispatcher, capped, message_fields
 
 if TYPE_CHECKING:
     from ..brokers.base import Delivery
@@ -49,15 +49,11 @@ class TaskEvents:
             sink(event)
 
     def received(self, message: Message, delivery: Delivery) -> None:
-        limit = self.value_max
-        self._emit("task-received", {
-            "uuid": message.id, "name": message.task,
-            "args": capped(message.args, limit), "kwargs": capped(message.kwargs, limit),
-            "retries": message.retries, "eta": message.eta_at_s, "expires": message.expires_at_s,
-            "root_id": message.root_id, "parent_id": message.parent_id,
-            "queue": delivery.queue, "routing_key": message.routing_key or delivery.queue,
-            "sent_at": message.sent_at_s,
-        })  # fmt: skip
+        fields = message_fields(message, self.value_max)
+        fields["queue"] = delivery.queue
+        fields["routing_key"] = message.routing_key or delivery.queue
+        fields["sent_at"] = message.sent_at_s
+        self._emit("task-received", fields)
 
     def started(self, message: Message) -> None:
         self._emit("task-started", {"uuid": message.id, "name": message.task})
