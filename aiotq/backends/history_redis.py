@@ -267,7 +267,8 @@ class RedisHistory:
     async def minutes(self, since_s: float) -> list[Minute]:
         first = int(since_s) // 60 * 60
         now = int(time.time()) // 60 * 60
-        starts = list(range(first, now + 60, 60))[-1440:]  # a day at most
+        # One minute past now too: a worker whose clock runs ahead writes there.
+        starts = list(range(first, now + 120, 60))[-1441:]  # a day at most
         async with self._clients.guarded(BackendConnectionError):
             pipe = self._clients.get().pipeline(transaction=False)
             for minute_s in starts:
