@@ -40,6 +40,16 @@ class Settings(msgspec.Struct, kw_only=True):
     task_acks_late: bool = True
     task_track_started: bool = False
     task_ignore_result: bool = False
+    # Celery's result_extended: name, args, kwargs, worker and queue stored with the result
+    result_extended: bool = False
+    # Celery's task_annotations: {"tasks.add": {"rate_limit": "10/s"}, "*": {...}} or a list
+    task_annotations: Any = None
+    # Celery's task_always_eager: send runs the task here and now (tests); no broker touched
+    task_always_eager: bool = False
+    task_eager_propagates: bool = False
+    # a worker lost mid-task: True (Celery's default False) is how aiotq always behaves with
+    # acks_late; kept so Celery configs load, and False is refused (docs/migrating-from-celery)
+    task_reject_on_worker_lost: bool | None = None
     task_time_limit_s: float | None = None
     task_soft_time_limit_s: float | None = None
     task_default_priority: int | None = None
@@ -54,6 +64,13 @@ class Settings(msgspec.Struct, kw_only=True):
     worker_prefetch_multiplier: int = 1
     worker_threads: int = 10
     worker_processes: int = 0  # 0: one per CPU
+    # Celery's names for the process executor: a child is replaced after this many tasks,
+    # or once its resident memory passes this many KiB (checked after each task)
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
+    # Celery's --pool: prefork (sync tasks in processes), threads, solo (sync tasks in one
+    # thread); async tasks always run on the loop. None: each task's own executor.
+    worker_pool: Literal["prefork", "threads", "solo"] | None = None
     worker_shutdown_timeout_s: float = 30.0
     worker_tick_interval_s: float = 0.25
     worker_heartbeat_s: float = 2.0  # presence renewed this often; gone after 3 missed
@@ -76,6 +93,9 @@ class Settings(msgspec.Struct, kw_only=True):
     producer_metrics: bool = False  # count celery_task_sent_total where tasks are sent
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
+    # Celery's broker_transport_options: visibility_timeout is read from it; other keys are
+    # accepted and ignored (each broker has its own settings here)
+    broker_transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
     broker_pool_size: int = 10
     broker_connection_timeout_s: float = 5.0
     broker_connection_retry_on_startup: bool = True
