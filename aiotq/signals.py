@@ -46,7 +46,7 @@ class Signal:
         weak: bool = True,
         dispatch_uid: Any = None,
     ) -> Any:
-        """`signal.connect(fn)`, or a decorator: `@signal.connect`, `@signal.connect(sender=...)`."""
+        """`signal.connect(fn)`, or as a decorator: `@signal.connect(sender=...)`."""
         del weak  # held strongly: see the module docstring
 
         def add(fn: Receiver) -> Receiver:
