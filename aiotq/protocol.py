@@ -25,7 +25,12 @@ _args_encoder = msgspec.msgpack.Encoder()  # can an exception's args travel as d
 # Content type a broker gives a body whose own framing it could not read.
 BROKEN_ENVELOPE = "application/x-aiotq-broken-envelope"
 
-State = Literal["PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+# Celery's states; a task may also store a state of its own (`self.update_state("PROGRESS")`),
+# so a record's state is any string, and these are the ones aiotq itself writes.
+State = str
+STATES: frozenset[str] = frozenset(
+    {"PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"}
+)
 READY_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
@@ -131,6 +136,11 @@ class ResultRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     task: str | None = None
     parent_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # ids of links, chain's next
+    # with result_extended (Celery's name): the call and where it ran
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    worker: str | None = None
+    queue: str | None = None
 
     @property
     def traceback(self) -> str | None:

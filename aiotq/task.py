@@ -57,6 +57,7 @@ class Task(Generic[P, R]):
         self.bind = bind
         self.is_async = inspect.iscoroutinefunction(fn)
         self.executor: Executor = executor or ("inline" if self.is_async else "thread")
+        self.executor_chosen = executor is not None  # else a worker's --pool may choose it
         if self.is_async and self.executor != "inline":
             raise ConfigurationError(
                 f"task {self.name}: async tasks run inline, not in a {executor}"
