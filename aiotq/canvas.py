@@ -7,10 +7,16 @@ crosses a process. Applying works the same for every kind, and each kind is one 
 - chain: its first step is sent with the other steps as `chain=`; the worker that finishes a
   step sends the next one with the result prepended to its arguments. A group followed by
   more steps becomes a chord, as in Celery.
-- group: every member sent with one `group_id`; a `GroupResult` over their results.
+- group: every member sent with one `group_id`; a `GroupResult` over their results. Groups
+  directly inside a group are unrolled into it (Celery's rule).
 - chord: the header's members carry a `ChordRef`; each finished member increments the
   backend's atomic counter, and the one that completes the count sends the body with the
   list of results (see `aiotq/worker/followups.py`).
+
+Nesting is one rule too: what a composite is given for "when you are done" (a link, an
+error callback, the chord it is a member of) goes to the part that finishes last: a
+chain's last step, a chord's body. A group that is one member of a chord (a chain ending in
+a group, in a chord's header) first collects its own results, then counts as one member.
 
 Every result id is chosen before anything is sent (`freeze()`), so the handle you get back
 (the chain's last result, with `.parent` links; the `GroupResult`) is valid at once.
@@ -26,10 +32,11 @@ from typing import Any
 import msgspec
 
 from .producer import HasProducer, Producer, producer_of
-from .protocol import ChordRef, SignatureData, group_meta_key, signature_list
+from .protocol import ChordRef, SignatureData, chord_ref, group_meta_key, signature_list
 from .result import AsyncResult, GroupResult
 
 AppLike = Producer | HasProducer
+Handle = Any  # AsyncResult or GroupResult
 
 
 class Signature:
@@ -58,31 +65,79 @@ class Signature:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"{self.task}({', '.join(parts)}){'!' if self.immutable else ''}"
 
-    def set(self, **options: Any) -> Signature:
-        """Options for when it is sent: queue, countdown, priority..."""
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+        """Options for when it is sent: queue, countdown, priority, link, link_error..."""
+        if immutable is not None:
+            self.immutable = immutable
+        for key in ("link", "link_error"):
+            for callback in signature_list(options.pop(key, None)):
+                getattr(self, key)(callback)
         self.options.update(options)
         return self
 
     def clone(self) -> Signature:
         return Signature(
-            self.task, self.args, self.kwargs, options=dict(self.options),
+            self.task, self.args, self.kwargs, options=_copy_options(self.options),
             immutable=self.immutable, app=self.producer,
         )  # fmt: skip
 
     def __or__(self, other: Signature) -> chain:
         return chain(self, other)
 
-    def freeze(self) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's: calling a task's signature runs the task here and now."""
+        task = self._app().tasks.get(self.task)
+        if task is None:
+            raise TypeError(f"{self.task} is not a task of this app; send it instead")
+        call_args = self.args if self.immutable else (*args, *self.args)
+        run: Any = task  # a Task: calling it runs the function
+        return run(*call_args, **{**self.kwargs, **kwargs})
+
+    # -- what runs after it ------------------------------------------------------------------
+    def link(self, callback: Any) -> Any:
+        """Run `callback` with this task's result after it succeeds; returns the callback."""
+        self.options.setdefault("link", []).append(callback)
+        return callback
+
+    def link_error(self, errback: Any) -> Any:
+        """Run `errback` with (task id, error) if this task fails; returns the errback."""
+        self.options.setdefault("link_error", []).append(errback)
+        return errback
+
+    def _report_to(self, ref: ChordRef) -> None:
+        """This signature is one member of a chord: its last task counts for it."""
+        self.options["chord"] = ref
+
+    def _follow_with(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Take a composite's follow-up options onto the parts that finish last; return the
+        options left, which apply to every part (queue, priority, countdown...)."""
+        rest = dict(options)
+        for callback in signature_list(rest.pop("link", None)):
+            self.link(callback)
+        for errback in signature_list(rest.pop("link_error", None)):
+            self.link_error(errback)
+        ref = chord_ref(rest.pop("chord", None))
+        if ref is not None:
+            self._report_to(ref)
+        return rest
+
+    # -- ids and data ------------------------------------------------------------------------
+    def freeze(self) -> Handle:
         """Choose the result id now (kept if already chosen) and return its handle."""
         task_id = self.options.setdefault("task_id", str(uuid.uuid4()))
         return AsyncResult(task_id, self._app(), task_name=self.task)
+
+    def _freeze_span(self) -> tuple[Handle, Handle]:
+        """The first and the last handle it fills, for `.parent` links across nesting."""
+        result = self.freeze()
+        return result, result
 
     def data(self) -> SignatureData:
         return SignatureData(
             task=self.task,
             args=list(self.args),
             kwargs=self.kwargs,
-            options=self.options,
+            options=_plain_options(self.options),
             immutable=self.immutable,
         )
 
@@ -134,10 +189,30 @@ class Signature:
         """Send it; extra args (a parent's result) are prepended unless it is immutable."""
         call_args = self.args if self.immutable else (*args, *self.args)
         call_kwargs = self.kwargs if self.immutable else {**self.kwargs, **(kwargs or {})}
-        options = {**self.options, **options}
+        options = _plain_options({**self.options, **options})
         producer = self._app()
         task_id = await producer.send(self.task, call_args, call_kwargs, options)
         return AsyncResult(task_id, producer, task_name=self.task)
+
+
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as they travel: signatures in link / link_error / chain become data."""
+    if not any(key in options for key in ("link", "link_error", "chain")):
+        return options
+    plain = dict(options)
+    for key in ("link", "link_error", "chain"):
+        if key in plain:
+            plain[key] = signature_list(plain[key])
+    return plain
+
+
+def _copy_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy whose callback lists can grow without touching the original's."""
+    copy = dict(options)
+    for key in ("link", "link_error"):
+        if key in copy:
+            copy[key] = list(signature_list(copy[key]))
+    return copy
 
 
 def _flatten(items: Iterable[Any]) -> list[Signature]:
@@ -157,9 +232,12 @@ def _app_of(items: Sequence[Signature], app: AppLike | None) -> Producer | None:
 
 class _Canvas(Signature):
     """chain, group and chord: applying works on a copy, so applying one twice never
-    shares result ids."""
+    shares result ids; calling one sends it, as in Celery."""
 
     tasks: list[Signature]  # steps, members or a chord's header
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
 
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
@@ -191,7 +269,10 @@ class chain(_Canvas):
     ) -> None:
         steps: list[Signature] = []
         for task in _flatten(tasks):
-            steps.extend(task.tasks if isinstance(task, chain) else [task])
+            if isinstance(task, chain) and not task.options:
+                steps.extend(task.tasks)
+            else:
+                steps.append(task)
         self.tasks = steps
         super().__init__("chain", options=options, app=_app_of(steps, app))
 
@@ -203,8 +284,25 @@ class chain(_Canvas):
 
     def clone(self) -> chain:
         return chain(
-            *(t.clone() for t in self.tasks), app=self.producer, options=dict(self.options)
+            *(t.clone() for t in self.tasks), app=self.producer, options=_copy_options(self.options)
         )
+
+    def link(self, callback: Any) -> Any:
+        return self._last().link(callback)
+
+    def link_error(self, errback: Any) -> Any:
+        for step in self.tasks:  # whichever step fails calls it (Celery's rule)
+            step.link_error(errback)
+        return errback
+
+    def _report_to(self, ref: ChordRef) -> None:
+        self._last()._report_to(ref)
+
+    def _last(self) -> Signature:
+        self._normalise()
+        if not self.tasks:
+            raise ValueError("an empty chain has nothing to run")
+        return self.tasks[-1]
 
     def _normalise(self) -> None:
         """A group followed by more steps is a chord whose body is the rest (Celery's rule)."""
@@ -215,35 +313,36 @@ class chain(_Canvas):
                 self.tasks[index:] = [chord(step, body, app=self.producer)]
                 return
 
-    def freeze(self) -> Any:
-        self._normalise()
-        if not self.tasks:
-            raise ValueError("an empty chain has nothing to run")
-        results = [step.freeze() for step in self.tasks]
-        for parent, child in itertools.pairwise(results):
-            child.parent = parent
-        return results[-1]
+    def freeze(self) -> Handle:
+        return self._freeze_span()[1]
+
+    def _freeze_span(self) -> tuple[Handle, Handle]:
+        self._last()
+        spans = [step._freeze_span() for step in self.tasks]
+        for (_, before), (first, _) in itertools.pairwise(spans):
+            first.parent = before
+        return spans[0][0], spans[-1][1]
 
     def data(self) -> SignatureData:
         tasks = [step.data() for step in self.tasks]
-        return SignatureData(kind="chain", tasks=tasks, options=self.options)
+        return SignatureData(kind="chain", tasks=tasks, options=_plain_options(self.options))
 
     async def _apply(
         self, args: Sequence[Any], kwargs: dict[str, Any] | None, **options: Any
     ) -> Any:
-        result = self.freeze()
-        for step in self.tasks[1:]:
-            step.check(prepended=1)
         merged = {**self.options, **options}
-        later = [step.data() for step in self.tasks[1:]] + signature_list(merged.pop("chain", []))
-        if "chord" in merged:  # this chain is a chord member: its last step reports to it
-            ref = merged.pop("chord")
-            if later:
-                later[-1].options["chord"] = ref
-            else:
-                merged["chord"] = ref
-        first = self.tasks[0]
-        await first.aapply_async(args, kwargs, chain=later, **_without_id(merged))
+        steps = [*self.tasks]
+        steps += [
+            Signature.from_data(d, self._app()) for d in signature_list(merged.pop("chain", None))
+        ]
+        whole = chain(*steps, app=self.producer)
+        rest = whole._follow_with(merged)
+        result = whole.freeze()
+        for step in whole.tasks[1:]:
+            step.check(prepended=1)
+        later = [step.data() for step in whole.tasks[1:]]
+        first = whole.tasks[0]
+        await first.aapply_async(args, kwargs, chain=later, **_without_id(rest))
         return result
 
 
@@ -255,7 +354,16 @@ class group(_Canvas):
     def __init__(
         self, *tasks: Any, app: AppLike | None = None, options: dict[str, Any] | None = None
     ) -> None:
-        self.tasks = _flatten(tasks)
+        members: list[Signature] = []
+        for task in _flatten(tasks):
+            if isinstance(task, group):  # unrolled, as in Celery: its members are ours
+                inner = {k: v for k, v in task.options.items() if k != "group_id"}
+                for member in task.tasks:
+                    extra = {k: v for k, v in inner.items() if k not in member.options}
+                    members.append(member.clone().set(**extra) if extra else member)
+            else:
+                members.append(task)
+        self.tasks = members
         super().__init__("group", options=options, app=_app_of(self.tasks, app))
 
     def __repr__(self) -> str:
@@ -263,8 +371,20 @@ class group(_Canvas):
 
     def clone(self) -> group:
         return group(
-            *(t.clone() for t in self.tasks), app=self.producer, options=dict(self.options)
+            *(t.clone() for t in self.tasks), app=self.producer, options=_copy_options(self.options)
         )
+
+    def link(self, callback: Any) -> Any:
+        """Celery's rule: the callback runs once, after the first member, with no arguments
+        of its own (use a chord to run something after every member)."""
+        if self.tasks:
+            self.tasks[0].link(_immutable(callback))
+        return callback
+
+    def link_error(self, errback: Any) -> Any:
+        for member in self.tasks:
+            member.link_error(_immutable(errback) if isinstance(errback, Signature) else errback)
+        return errback
 
     def freeze(self) -> GroupResult:
         group_id = self.options.setdefault("group_id", str(uuid.uuid4()))
@@ -272,24 +392,41 @@ class group(_Canvas):
 
     def data(self) -> SignatureData:
         tasks = [member.data() for member in self.tasks]
-        return SignatureData(kind="group", tasks=tasks, options=self.options)
+        return SignatureData(kind="group", tasks=tasks, options=_plain_options(self.options))
 
     async def _apply(
         self, args: Sequence[Any], kwargs: dict[str, Any] | None, **options: Any
     ) -> Any:
         merged = {**self.options, **options}
-        later = signature_list(merged.pop("chain", []))
+        later = signature_list(merged.pop("chain", None))
         if later:  # something runs after the whole group: that is a chord
-            body = Signature.from_data(later[0], self._app()) if len(later) == 1 else None
-            body = body or chain(*(Signature.from_data(d, self._app()) for d in later))
-            return await chord(self, body, app=self.producer).aapply_async(args, kwargs, **merged)
+            steps = [Signature.from_data(d, self._app()) for d in later]
+            body = steps[0] if len(steps) == 1 else chain(*steps, app=self.producer)
+            return await chord(self, body, app=self.producer)._apply(args, kwargs, **merged)
+        outer = chord_ref(merged.pop("chord", None))
+        rest = self._follow_with(merged)
         result = self.freeze()
-        merged["group_id"] = result.id
-        for member in self.tasks:
-            if isinstance(member, group) and "chord" in merged:
-                raise TypeError("a group directly inside a chord's header: flatten it")
-            await member.aapply_async(args, kwargs, **_without_id(merged))
+        if outer is None:
+            rest["group_id"] = result.id
+            for member in self.tasks:
+                await member.aapply_async(args, kwargs, **_without_id(rest))
+            return result
+        # One member of an outer chord: collect our own results under our id, then count.
+        if not self.tasks:
+            raise ValueError("an empty group cannot be a member of a chord: it never finishes")
+        await _store_members(self._app(), result)
+        ref = ChordRef(group_id=result.id, size=len(self.tasks), then=outer)
+        await self._send_members(args, kwargs, ref, rest)
         return result
+
+    async def _send_members(
+        self, args: Sequence[Any], kwargs: dict[str, Any] | None, ref: ChordRef,
+        options: dict[str, Any],
+    ) -> None:  # fmt: skip
+        shared = {**_without_id(options), "group_id": ref.group_id}
+        for member in self.tasks:
+            member._report_to(ref)
+            await member.aapply_async(args, kwargs, **shared)
 
 
 class chord(_Canvas):
@@ -318,55 +455,85 @@ class chord(_Canvas):
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
-    def __call__(self, body: Signature) -> Any:
-        """Celery's `chord(header)(body)`: send now (sync code)."""
-        return chord(self.header, body, app=self.producer, options=dict(self.options)).apply_async()
+    def __call__(self, body: Signature | None = None, **options: Any) -> Any:
+        """Celery's `chord(header)(body)` and `chord(header, body)()`: send now (sync code)."""
+        target = self if body is None else chord(
+            self.header, body, app=self.producer, options=dict(self.options)
+        )  # fmt: skip
+        return target.apply_async(**options)
 
     def clone(self) -> chord:
         body = self.body.clone() if self.body else None
-        return chord(self.header.clone(), body, app=self.producer, options=dict(self.options))
+        return chord(
+            self.header.clone(), body, app=self.producer, options=_copy_options(self.options)
+        )
+
+    def link(self, callback: Any) -> Any:
+        return self._body().link(callback)
+
+    def link_error(self, errback: Any) -> Any:
+        """Runs once if the chord fails: a header member failed, or the body did."""
+        return self._body().link_error(errback)
+
+    def _report_to(self, ref: ChordRef) -> None:
+        self._body()._report_to(ref)
 
     def _body(self) -> Signature:
         if self.body is None:
             raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
         return self.body
 
-    def freeze(self) -> Any:
+    def freeze(self) -> Handle:
+        return self._freeze_span()[1]
+
+    def _freeze_span(self) -> tuple[Handle, Handle]:
         header = self.header.freeze()
-        result = self._body().freeze()
-        result.parent = header
-        return result
+        first, last = self._body()._freeze_span()
+        first.parent = header
+        return header, last
 
     def data(self) -> SignatureData:
         tasks = [member.data() for member in self.header.tasks]
         return SignatureData(
-            kind="chord", tasks=tasks, body=self._body().data(), options=self.options
+            kind="chord",
+            tasks=tasks,
+            body=self._body().data(),
+            options=_plain_options(self.options),
         )
 
     async def _apply(
         self, args: Sequence[Any], kwargs: dict[str, Any] | None, **options: Any
     ) -> Any:
-        producer = self._app()
-        body = self._body()
-        result = self.freeze()
-        body.check(prepended=1)
         merged = {**self.options, **options}
-        later = signature_list(merged.pop("chain", []))
-        if later:
-            body.options["chain"] = later
-        header = result.parent
+        later = [
+            Signature.from_data(d, self._app()) for d in signature_list(merged.pop("chain", None))
+        ]
+        body = self._body()
+        if later:  # the steps after the chord run after its body
+            body = self.body = chain(body, *later, app=self.producer)
+        rest = body._follow_with(merged)
+        header, result = self._freeze_span()
+        body.check(prepended=1)
         if not self.header.tasks:  # nothing to wait for
             await body.aapply_async(([],))
             return result
-        ids = [member.id for member in header.results]
-        meta = msgspec.json.encode(ids)
-        wiring = producer.wiring
-        await wiring.backend.store(
-            [(group_meta_key(header.id), meta)], wiring.settings.result_expires_s
-        )
-        ref = ChordRef(group_id=header.id, size=len(ids), body=body.data())
-        await self.header.aapply_async(args, kwargs, chord=ref, **_without_id(merged))
+        await _store_members(self._app(), header)
+        ref = ChordRef(group_id=header.id, size=len(header.results), body=body.data())
+        await self.header._send_members(args, kwargs, ref, rest)
         return result
+
+
+def _immutable(callback: Any) -> Any:
+    return callback.clone().set(immutable=True) if isinstance(callback, Signature) else callback
+
+
+async def _store_members(producer: Producer, header: GroupResult) -> None:
+    """The member ids, kept where the counting worker (and GroupResult.restore) reads them."""
+    meta = msgspec.json.encode([member.id for member in header.results])
+    wiring = producer.wiring
+    await wiring.backend.store(
+        [(group_meta_key(header.id), meta)], wiring.settings.result_expires_s
+    )
 
 
 def _without_id(options: dict[str, Any]) -> dict[str, Any]:

@@ -48,11 +48,16 @@ class SignatureData(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ChordRef(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Carried by each member of a chord's header: which chord, how many, what to call."""
+    """Carried by each member of a chord's header: which chord, how many, what to call.
+
+    With no body it is a group that is one member of an outer chord (a chain ending in a
+    group, inside a chord's header): when complete, the list of its results is stored under
+    its group id and `then` (the outer chord) is counted."""
 
     group_id: str
     size: int
-    body: SignatureData
+    body: SignatureData | None = None
+    then: ChordRef | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -254,4 +259,27 @@ def result_ids(data: SignatureData) -> list[str]:
         task_id = data.options.get("task_id")
         return [task_id] if task_id else []
     ids = [i for member in data.tasks for i in result_ids(member)]
+    if data.kind == "group" and data.options.get("group_id"):
+        ids.append(data.options["group_id"])  # a group that is one member of a chord
     return ids + (result_ids(data.body) if data.body is not None else [])
+
+
+def terminal_refs(data: SignatureData) -> list[ChordRef]:
+    """The chords a signature reports to when it finishes (its last task carries them), so
+    a signature that will never run can still count, as failed, and no chord waits forever."""
+    own = chord_ref(data.options.get("chord"))
+    refs = [own] if own is not None else []
+    if data.kind == "chain" and data.tasks:
+        refs += terminal_refs(data.tasks[-1])
+    elif data.kind == "chord" and data.body is not None:
+        refs += terminal_refs(data.body)
+    return refs
+
+
+def errbacks_of(data: SignatureData) -> list[SignatureData]:
+    """The error callbacks of a signature as a whole (a chain's are on every step)."""
+    if data.kind == "task":
+        return signature_list(data.options.get("link_error"))
+    if data.kind == "chord" and data.body is not None:
+        return errbacks_of(data.body)
+    return errbacks_of(data.tasks[0]) if data.tasks else []

@@ -9,6 +9,7 @@ size *and* every member's result is ready, and a second counter makes the firing
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,15 @@ from ..exceptions import Transient
 from ..protocol import (
     CODECS,
     ChordRef,
+    Failure,
     Message,
     ResultRecord,
+    SignatureData,
     decode_record,
+    errbacks_of,
     group_meta_key,
     result_ids,
+    terminal_refs,
 )
 
 if TYPE_CHECKING:
@@ -78,9 +83,8 @@ class FollowUps:
             await self._send(
                 errback.task, Signature.from_data(errback, self.app), (message.id, error)
             )
-        if message.chain:  # the chain stops here; its later results show this failure
-            later = [i for step in message.chain for i in result_ids(step)]
-            await self._fail(later, record)
+        for step in message.chain:  # the chain stops here; its later results show this failure
+            await self._fail_signature(step, record)
         if message.chord is not None:
             await self._chord_step(message.chord)
 
@@ -94,8 +98,14 @@ class FollowUps:
         if count < ref.size:
             return
         meta = await backend.get(group_meta_key(ref.group_id))
-        if meta is None:
-            log.error("chord %s: its member list expired; the body is not sent", ref.group_id)
+        if meta is None:  # it can never complete: say so where its result is awaited
+            reason = f"chord {ref.group_id}: its member list expired; the chord cannot complete"
+            log.error("%s", reason)
+            failure = Failure(type="ChordError", module="aiotq", message=reason)
+            cause = ResultRecord(
+                task_id=ref.group_id, state="FAILURE", failure=failure, date_done_s=time.time()
+            )
+            await self._fail_outcome(ref, cause)
             return
         records = []
         for member_id in msgspec.json.decode(meta, type=list[str]):
@@ -113,10 +123,41 @@ class FollowUps:
                 "chord %s: member %s failed (%s); its body does not run",
                 ref.group_id, failed.task_id, failed.failure,
             )  # fmt: skip
-            await self._fail(result_ids(ref.body), failed)
-            return
-        body = Signature.from_data(ref.body, self.app)
-        await self._send("a chord's body", body, ([r.result for r in records],))
+            await self._fail_outcome(ref, failed)
+        elif ref.body is None:  # a group that is one member of an outer chord: it is done
+            await self._succeed(ref.group_id, [r.result for r in records])
+            if ref.then is not None:
+                await self._chord_step(ref.then)
+        else:
+            body = Signature.from_data(ref.body, self.app)
+            await self._send("a chord's body", body, ([r.result for r in records],))
+
+    async def _fail_outcome(self, ref: ChordRef, failed: ResultRecord) -> None:
+        """The chord failed: what awaits it raises the cause, and what it reports to counts."""
+        if ref.body is None:
+            await self._fail([ref.group_id], failed)
+            if ref.then is not None:
+                await self._chord_step(ref.then)
+        else:
+            await self._fail_signature(ref.body, failed)
+            for errback in errbacks_of(ref.body):  # the chord's own error callbacks, once
+                await self._send(
+                    errback.task, Signature.from_data(errback, self.app),
+                    (failed.task_id, str(failed.failure)),
+                )  # fmt: skip
+
+    async def _fail_signature(self, data: SignatureData, cause: ResultRecord) -> None:
+        """A signature that will never run: its results show the cause, and the chords it
+        would have reported to count it as failed (so none of them waits forever)."""
+        await self._fail(result_ids(data), cause)
+        for ref in terminal_refs(data):
+            await self._chord_step(ref)
+
+    async def _succeed(self, task_id: str, value: Any) -> None:
+        record = ResultRecord(
+            task_id=task_id, state="SUCCESS", result=value, date_done_s=time.time()
+        )
+        await self.app.backend.store([(task_id, self.codec.encode(record))], self.ttl_s)
 
     async def _fail(self, task_ids: list[str], cause: ResultRecord) -> None:
         """Store the cause's failure under each id, so a wait on any of them raises it."""
