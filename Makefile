@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench bench-quick clean
+.PHONY: install test lint docs demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check aiotq tests examples benchmarks
 	$(BIN)/python -m mypy aiotq
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d $$(mktemp -d)
+
+# the docs site (MkDocs Material, API reference from the docstrings by mkdocstrings) in site/
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
@@ -42,4 +47,4 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.compare --quick
 
 clean:
-	rm -rf $(VENV) .venv-bench *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench *.egg-info .pytest_cache site

@@ -523,6 +523,15 @@ class chord(_Canvas):
         return result
 
 
+def last_task(sig: Signature) -> Signature:
+    """The task that finishes a signature: its result is the whole one's."""
+    while isinstance(sig, (chain, chord, group)):
+        if isinstance(sig, group):
+            raise ValueError("a group has no one last task; end it in a chord's body")
+        sig = sig._last() if isinstance(sig, chain) else sig._body()
+    return sig
+
+
 def _immutable(callback: Any) -> Any:
     return callback.clone().set(immutable=True) if isinstance(callback, Signature) else callback
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..canvas import Signature
+from ..canvas import Signature, chain, chord, group, last_task
 from ..exceptions import Transient
+from ..mapping import ACCUMULATE
 from ..protocol import (
     CODECS,
     ChordRef,
@@ -72,6 +73,26 @@ class FollowUps:
             )  # fmt: skip
         if message.chord is not None:
             await self._chord_step(message.chord)
+
+    async def replace(self, message: Message, replacement: Signature) -> None:
+        """`raise self.replace(sig)` (Celery's): `sig` runs instead of this task and inherits
+        what came after it (callbacks, error callbacks, the rest of its chain, its chord);
+        its last task takes this task's id, so a result already handed out gets its value."""
+        with self.app.producer.tracing.resumed(message):
+            sig = replacement.clone()
+            if isinstance(sig, group):  # a group's list becomes one value, as in Celery
+                sig = chord(sig, self.app.signature(ACCUMULATE, kwargs={"index": 0}))
+            for link in message.link:
+                sig.link(Signature.from_data(link, self.app))
+            for errback in message.link_error:
+                sig.link_error(Signature.from_data(errback, self.app))
+            last_task(sig).options["task_id"] = message.id
+            if message.chain:
+                steps = [Signature.from_data(step, self.app) for step in message.chain]
+                sig = chain(sig, *steps, app=self.app)
+            if message.chord is not None:
+                sig._report_to(message.chord)
+            await sig.aapply_async(parent_id=message.id, root_id=message.root_id or message.id)
 
     async def after_failure(self, message: Message, record: ResultRecord) -> None:
         with self.app.producer.tracing.resumed(message):
