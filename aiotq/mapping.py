@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .canvas import AppLike, Signature, group
 
-if TYPE_CHECKING:
-    from .task import Task
+Task = Any  # aiotq.task.Task, one layer above: read here only for .is_async and calling
 
 MAP, STARMAP, CHUNKS, ACCUMULATE = (
     "celery.map",
@@ -70,7 +69,7 @@ def _cut(items: list[Any], n: int) -> list[list[Any]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
 
-async def _call(task: Task[Any, Any], args: list[Any]) -> Any:
+async def _call(task: Task, args: list[Any]) -> Any:
     if task.is_async:
         return await task(*args)
     return await asyncio.to_thread(task, *args)
@@ -80,10 +79,10 @@ def register_builtins(app: Any) -> None:
     """The built-in tasks every app has, under Celery's names."""
     tasks = app.tasks
 
-    def task_named(name: str) -> Task[Any, Any]:
+    def task_named(name: str) -> Task:
         if name not in tasks:
             raise LookupError(f"{name!r} is not a task of this app")
-        found: Task[Any, Any] = tasks[name]
+        found: Task = tasks[name]
         return found
 
     @app.task(name=MAP, typing=False)

@@ -1,6 +1,8 @@
 """Settings: one typed msgspec Struct, Celery's names accepted, validated on assignment.
 
-Units are in the names (`result_expires_s`); Celery's unit-less names are aliases.
+Units are in the names (`result_expires_s`); Celery's names (new, old and unit-less) are
+looked up in celery_settings.py, which also says which Celery settings aiotq does not
+support, and why. Every problem of one configuration is named in one error.
 The environment (`AIOTQ_BROKER_URL`, `AIOTQ_RESULT_BACKEND`) is read once, when the
 settings are finalized (first send or worker start), never at import.
 """
@@ -11,13 +13,14 @@ import difflib
 import importlib
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from types import ModuleType
 from typing import Any, Literal
 
 import msgspec
 
+from .celery_settings import CELERY_SETTINGS, TRANSPORT_OPTIONS, Unsupported
 from .exceptions import ConfigurationError
 
 Serializer = Literal["json", "msgpack"]
@@ -93,7 +96,8 @@ class Settings(msgspec.Struct, kw_only=True):
     producer_metrics: bool = False  # count celery_task_sent_total where tasks are sent
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
-    # Celery's broker_transport_options: visibility_timeout is read from it; other keys are
+    # Celery's broker_transport_options: visibility_timeout, max_connections, socket_timeout
+    # and socket_connect_timeout set aiotq's settings (unless set by name); other keys are
     # accepted and ignored (each broker has its own settings here)
     broker_transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
     broker_pool_size: int = 10
@@ -116,58 +120,89 @@ FIELDS: dict[str, Any] = {
     for f in msgspec.structs.fields(Settings)  # name -> annotation
 }
 
-# Celery's names (new lowercase and old uppercase) and unit-less spellings.
+# aiotq's own spellings beside the field names: App()'s keywords and unit-less names.
+# Celery's names, new and old, are in celery_settings.CELERY_SETTINGS.
 ALIASES: dict[str, str] = {
     "broker": "broker_url",
     "backend": "result_backend",
-    "result_expires": "result_expires_s",
-    "task_time_limit": "task_time_limit_s",
-    "task_soft_time_limit": "task_soft_time_limit_s",
     "task_default_retry_delay": "task_default_retry_delay_s",
     "worker_shutdown_timeout": "worker_shutdown_timeout_s",
     "visibility_timeout": "broker_visibility_timeout_s",
     "broker_visibility_timeout": "broker_visibility_timeout_s",
-    "broker_connection_timeout": "broker_connection_timeout_s",
-    "celery_result_backend": "result_backend",
-    "celery_task_serializer": "task_serializer",
-    "celery_result_serializer": "result_serializer",
-    "celery_accept_content": "accept_content",
-    "celery_task_result_expires": "result_expires_s",
-    "celery_routes": "task_routes",
-    "celery_default_queue": "task_default_queue",
-    "celery_queues": "task_queues",
-    "celery_default_exchange": "task_default_exchange",
-    "celery_default_exchange_type": "task_default_exchange_type",
-    "celery_default_routing_key": "task_default_routing_key",
-    "celery_acks_late": "task_acks_late",
-    "celery_track_started": "task_track_started",
-    "celery_ignore_result": "task_ignore_result",
-    "celery_timezone": "timezone",
-    "celery_enable_utc": "enable_utc",
-    "celery_imports": "imports",
-    "celery_include": "include",
-    "celerybeat_schedule": "beat_schedule",
-    "celeryd_concurrency": "worker_concurrency",
-    "celery_send_events": "worker_send_task_events",
-    "celery_send_task_sent_event": "task_send_sent_event",
-    "celeryd_prefetch_multiplier": "worker_prefetch_multiplier",
-    "celeryd_task_time_limit": "task_time_limit_s",
-    "celeryd_task_soft_time_limit": "task_soft_time_limit_s",
+    "broker_socket_timeout": "broker_socket_timeout_s",
+}
+
+# every lowercase name that sets a field, and the field it sets
+NAMES: dict[str, str] = {
+    **{name: name for name in FIELDS},
+    **{key: to for key, to in CELERY_SETTINGS.items() if isinstance(to, str)},
+    **ALIASES,
 }
 
 ENVIRONMENT = {"AIOTQ_BROKER_URL": "broker_url", "AIOTQ_RESULT_BACKEND": "result_backend"}
 
+# Celery's pools that need another concurrency model than aiotq's event loop
+_FOREIGN_POOLS = {"gevent", "eventlet"}
+
 
 def canonical_name(key: str) -> str | None:
-    name = key.lower()
-    name = ALIASES.get(name, name)
-    return name if name in FIELDS else None
+    return NAMES.get(key.lower())
 
 
-def unknown_setting(key: str) -> ConfigurationError:
-    close = difflib.get_close_matches(key.lower(), [*FIELDS, *ALIASES], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigurationError(f"unknown setting {key!r}{hint}")
+def unsupported(key: str) -> Unsupported | None:
+    """A real Celery setting name that aiotq does not support, with its reason."""
+    entry = CELERY_SETTINGS.get(key.lower())
+    return entry if isinstance(entry, Unsupported) else None
+
+
+def _suggestion(key: str, prefix: str = "") -> str:
+    """'; did you mean ...?' for a typo of a known name, written as the user writes names."""
+    forms = [key[len(prefix) :], key] if prefix else [key]
+    known = [*NAMES, *CELERY_SETTINGS]
+    best: tuple[float, str, str] | None = None  # (similarity, match, prefix to show)
+    for index, form in enumerate(forms):
+        for match in difflib.get_close_matches(form.lower(), known, n=1, cutoff=0.75):
+            score = difflib.SequenceMatcher(None, form.lower(), match).ratio()
+            if best is None or score > best[0]:
+                best = (score, match, prefix if index == 0 else "")
+    if best is None:
+        return ""
+    _, match, shown_prefix = best
+    written = shown_prefix + (match.upper() if key.isupper() else match)
+    note = " (a Celery setting aiotq does not support)" if unsupported(match) else ""
+    return f"; did you mean {written!r}?{note}"
+
+
+def _with_reason(key: str, entry: Unsupported) -> str:
+    return f"{key!r} ({entry.reason})" if entry.reason else repr(key)
+
+
+class _Problems:
+    """Every problem of one configuration, raised as one error: a Django settings module
+    with five Celery settings aiotq lacks is fixed in one pass, not five."""
+
+    def __init__(self) -> None:
+        self.unsupported: list[str] = []
+        self.other: list[str] = []
+
+    def add_unknown(self, key: str, prefix: str = "") -> None:
+        entry = unsupported(key[len(prefix) :]) if prefix else None
+        entry = entry or unsupported(key)
+        if entry is None:
+            self.other.append(f"unknown setting {key!r}{_suggestion(key, prefix)}")
+        else:
+            self.unsupported.append(_with_reason(key, entry))
+
+    def raise_any(self) -> None:
+        parts = list(self.other)
+        if len(self.unsupported) == 1:
+            parts.insert(0, f"a Celery setting aiotq does not support: {self.unsupported[0]}")
+        elif self.unsupported:
+            parts.insert(
+                0, "Celery settings aiotq does not support: " + "; ".join(self.unsupported)
+            )
+        if parts:
+            raise ConfigurationError("; ".join(parts))
 
 
 def _normalise(name: str, value: Any) -> Any:
@@ -175,28 +210,76 @@ def _normalise(name: str, value: Any) -> Any:
         return value.total_seconds()
     if name in ("accept_content", "imports", "include") and isinstance(value, (tuple, set)):
         return list(value)
+    if name == "worker_pool" and value == "processes":  # Celery's other name for prefork
+        return "prefork"
     return value
 
 
-def check_value(name: str, value: Any) -> Any:
-    """Validate one value against its field's type; the error names the setting."""
+def check_value(name: str, value: Any, written: str | None = None) -> Any:
+    """Validate one value against its field's type; the error names the setting as written."""
+    shown = repr(name) if written in (None, name) else f"{written!r} (aiotq's {name!r})"
     value = _normalise(name, value)
-    if FIELDS[name] is Any:
-        return value
-    try:
-        return msgspec.convert(value, FIELDS[name], strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"setting {name!r}: {exc}") from None
+    if name == "worker_pool" and value in _FOREIGN_POOLS:
+        raise ConfigurationError(
+            f"setting {shown}: pool {value!r} cannot run here: async tasks run on the worker's "
+            f"event loop (write them as async def); for sync ones use prefork, threads or solo"
+        )
+    if name == "broker_pool_size" and (value is None or value == 0):  # Celery's "no pool"
+        raise ConfigurationError(
+            f"setting {shown} = {value!r}: aiotq always keeps a pool of connections; "
+            f"give its size (1 or more), or leave it out"
+        )
+    if FIELDS[name] is not Any:
+        try:
+            value = msgspec.convert(value, FIELDS[name], strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"setting {shown}: {exc}") from None
+    if name == "task_reject_on_worker_lost" and value is False:
+        raise ConfigurationError(
+            f"setting {shown} = False cannot be honoured: aiotq always delivers again a task "
+            f"whose worker was lost (acks late; dead-lettered after task_max_deliveries); "
+            f"leave it out, or set task_acks_late = False to never deliver one twice"
+        )
+    return value
+
+
+def resolve(entries: Iterable[tuple[str, str, Any]]) -> dict[str, Any]:
+    """(key as written, namespace prefix or "", value) -> {field: checked value}.
+
+    A namespaced key is read without its prefix first (`CELERY_TASK_ALWAYS_EAGER`), then
+    whole, as Celery's old name (`CELERY_ALWAYS_EAGER`, which Celery itself ignores under a
+    namespace). Every problem is named in one error."""
+    problems = _Problems()
+    found: dict[str, tuple[str, Any]] = {}  # field -> (key as written, value)
+    for key, prefix, value in entries:
+        name = (canonical_name(key[len(prefix) :]) if prefix else None) or canonical_name(key)
+        if name is None:
+            problems.add_unknown(key, prefix)
+            continue
+        try:
+            checked = check_value(name, value, key)
+        except ConfigurationError as exc:
+            problems.other.append(str(exc))
+            continue
+        if name in found and found[name][1] != checked:
+            problems.other.append(
+                f"{found[name][0]!r} and {key!r} both set {name!r}, to different values"
+            )
+        found[name] = (key, checked)
+    problems.raise_any()
+    return {name: value for name, (_, value) in found.items()}
 
 
 class Config:
     """`app.conf`: attribute and mapping access, validated, frozen once the app starts."""
 
-    __slots__ = ("_frozen", "_settings")
+    __slots__ = ("_explicit", "_frozen", "_settings")
 
     def __init__(self) -> None:
         object.__setattr__(self, "_settings", Settings())
         object.__setattr__(self, "_frozen", False)
+        # fields set by name: broker_transport_options never overrides one of these
+        object.__setattr__(self, "_explicit", set())
 
     @property
     def settings(self) -> Settings:
@@ -205,6 +288,10 @@ class Config:
     def __getattr__(self, key: str) -> Any:
         name = canonical_name(key)
         if name is None:
+            entry = unsupported(key)
+            if entry is not None:
+                message = f"a Celery setting aiotq does not support: {_with_reason(key, entry)}"
+                raise AttributeError(message)
             raise AttributeError(f"unknown setting {key!r}")
         return getattr(self._settings, name)
 
@@ -215,19 +302,26 @@ class Config:
     __setitem__ = __setattr__
 
     def update(self, values: Mapping[str, Any] | None = None, **kw: Any) -> None:
-        pending: dict[str, Any] = {}
-        for key, value in {**(values or {}), **kw}.items():
-            name = canonical_name(key)
-            if name is None:
-                raise unknown_setting(key)
-            pending[name] = check_value(name, value)
+        pending = resolve((key, "", value) for key, value in {**(values or {}), **kw}.items())
         if pending and self._frozen:
             raise ConfigurationError(
                 f"settings are frozen once a worker or producer has started; "
                 f"set {', '.join(sorted(pending))} before the first send"
             )
-        for name, value in pending.items():
+        self._explicit.update(pending)
+        derived = self._from_transport_options(pending.get("broker_transport_options"))
+        for name, value in {**derived, **pending}.items():
             setattr(self._settings, name, value)
+
+    def _from_transport_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """Celery's `broker_transport_options = {"visibility_timeout": 3600}`: the keys with an
+        aiotq setting set it, unless that setting was set by its own name."""
+        derived: dict[str, Any] = {}
+        for option, name in TRANSPORT_OPTIONS.items():
+            if options and option in options and name not in self._explicit:
+                written = f"broker_transport_options[{option!r}]"
+                derived[name] = check_value(name, options[option], written)
+        return derived
 
     def finalize(self) -> Settings:
         """Apply the environment once and freeze. Idempotent."""
@@ -246,38 +340,42 @@ class Config:
 
 def settings_from_object(source: str | object, namespace: str | None = None) -> dict[str, Any]:
     """Read settings from a module path (`"proj.celeryconfig"`, `"django.conf:settings"`),
-    an object or a dict.
+    an object or a dict: {setting: checked value}, or one error naming every problem.
 
-    With a namespace (`"AIOTQ"`, `"CELERY"`), only keys with that prefix are read, and an
-    unknown one is an error. Without one, a module's own constants are allowed beside the
-    settings, but a near-miss of a setting name (a typo) is an error.
+    With a namespace (`"AIOTQ"`, `"CELERY"`), only keys with that prefix are read (and, for
+    CELERY, Celery's old CELERYD_ / CELERYBEAT_ names), and an unknown one is an error.
+    Without one, a module's own constants are allowed beside the settings, but a real
+    Celery setting name, or a near-miss of one (a typo), is an error.
     """
     obj = _load(source) if isinstance(source, str) else source
     items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
     strict_unknown = isinstance(obj, Mapping)
-    prefix = f"{namespace.upper().rstrip('_')}_" if namespace else None
-    found: dict[str, Any] = {}
+    prefix = f"{namespace.upper().rstrip('_')}_" if namespace else ""
+    entries: list[tuple[str, str, Any]] = []
     for key, value in items:
         if key.startswith("_") or isinstance(value, ModuleType) or inspect.isclass(value):
             continue
-        if prefix is not None:
-            if not key.upper().startswith(prefix):
-                continue
-            key = key[len(prefix) :]
-            if canonical_name(key) is None:
-                raise unknown_setting(prefix + key)
-        elif canonical_name(key) is None:
-            if strict_unknown or _is_typo(key):
-                raise unknown_setting(key)
-            continue
-        found[key] = value
-    return found
+        if prefix:
+            if key.upper().startswith(prefix):
+                entries.append((key, prefix, value))
+            elif key.upper().startswith(prefix[:-1]) and _celery_name(key):
+                entries.append((key, "", value))  # CELERYD_CONCURRENCY under "CELERY"
+        elif strict_unknown or _celery_name(key) or _is_typo(key):
+            entries.append((key, "", value))
+    return resolve(entries)
+
+
+def _celery_name(key: str) -> bool:
+    return (key.islower() or key.isupper()) and (
+        canonical_name(key) is not None or unsupported(key) is not None
+    )
 
 
 def _is_typo(key: str) -> bool:
     if not (key.islower() or key.isupper()):
         return False
-    return bool(difflib.get_close_matches(key.lower(), [*FIELDS, *ALIASES], n=1, cutoff=0.85))
+    known = [*NAMES, *CELERY_SETTINGS]
+    return bool(difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.85))
 
 
 def _load(path: str) -> object:

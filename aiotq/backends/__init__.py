@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..urls import choose
+from ..urls import choose, redis_url
 from .base import Coordinator
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def _redis(url: str, settings: Settings, broker: Broker) -> Any:
     from .redis import RedisBackend
 
     return RedisBackend(
-        url,
+        redis_url(url),
         pool_size=settings.broker_pool_size,
         connect_timeout_s=settings.broker_connection_timeout_s,
         socket_timeout_s=settings.broker_socket_timeout_s,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..urls import choose, scheme_of
+from ..urls import AMQP_SCHEMES, amqp_url, choose, redis_url, scheme_of
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -25,7 +25,7 @@ def _redis(url: str, settings: Settings) -> Any:
     from .redis import RedisBroker
 
     return RedisBroker(
-        url,
+        redis_url(url),
         pool_size=settings.broker_pool_size,
         connect_timeout_s=settings.broker_connection_timeout_s,
         visibility_timeout_s=settings.broker_visibility_timeout_s,
@@ -49,7 +49,7 @@ def _amqp(url: str, settings: Settings) -> Any:
     from .amqp import AmqpBroker
 
     return AmqpBroker(
-        url,
+        amqp_url(url),
         connect_timeout_s=settings.broker_connection_timeout_s,
         publish_retry_s=settings.broker_publish_retry_s,
         queue_type=settings.broker_queue_type,
@@ -66,8 +66,8 @@ class Scheme(NamedTuple):
 
 SCHEMES = {
     "memory": Scheme(_memory),
-    "amqp": Scheme(_amqp, results="rpc://"),
-    "amqps": Scheme(_amqp, results="rpc://"),
+    # amqp, amqps and kombu's other names for them (pyamqp, librabbitmq)
+    **{scheme: Scheme(_amqp, results="rpc://") for scheme in AMQP_SCHEMES},
     "sqlite": Scheme(_sqlite),
     "redis": Scheme(_redis),
     "rediss": Scheme(_redis),
