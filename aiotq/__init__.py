@@ -12,7 +12,7 @@ send_sms.delay("+15550100", "hi").get(timeout=5)   # sync code
 
 from . import result as states
 from ._version import __version__
-from .app import App
+from .app import App, shared_task
 from .canvas import Signature, chain, chord, group
 from .exceptions import (
     AccessRefused,
@@ -29,6 +29,7 @@ from .exceptions import (
     MessageRejected,
     NotRegistered,
     Reject,
+    Replace,
     Retry,
     SoftTimeLimitExceeded,
     TaskError,
@@ -37,10 +38,11 @@ from .exceptions import (
     Transient,
 )
 from .log import get_task_logger
-from .result import AsyncResult, GroupResult
+from .mapping import chunks, xmap, xstarmap
+from .result import AsyncResult, EagerResult, GroupResult
 from .routing import Exchange, Queue
 from .schedules import crontab
-from .task import Request, Task
+from .task import ExceptionInfo, Request, Task
 from .worker.worker import Worker
 
 signature = Signature
@@ -58,6 +60,8 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
     "DeliveryLimitExceeded",
+    "EagerResult",
+    "ExceptionInfo",
     "Exchange",
     "GroupResult",
     "MaxRetriesExceededError",
@@ -65,6 +69,7 @@ __all__ = [
     "NotRegistered",
     "Queue",
     "Reject",
+    "Replace",
     "Request",
     "Retry",
     "Signature",
@@ -78,9 +83,13 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "chunks",
     "crontab",
     "get_task_logger",
     "group",
+    "shared_task",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import result as _result
+from . import shared
 from ._sqlite import default_url
 from .backends import make_backend, make_coordinator
 from .backends.base import make_history, reply_routing
@@ -21,12 +22,13 @@ from .canvas import Signature
 from .control import Control
 from .events import Events
 from .exceptions import ConfigurationError
+from .mapping import register_builtins
 from .producer import Producer, Wiring
 from .protocol import CODECS
 from .routing import Topology
 from .schedules import Entry, crontab, schedule_of
 from .settings import Config, Settings, settings_from_object
-from .task import Task
+from .task import TASK_OPTIONS, Task
 
 if TYPE_CHECKING:
     from .backends.base import Coordinator, ResultStore
@@ -61,9 +63,13 @@ class App:
         backend: str | None = None,
         *,
         include: Sequence[str] | None = None,
+        task_cls: type[Task[Any, Any]] | None = None,
+        set_as_current: bool = True,
         **settings: Any,
     ) -> None:
         self.main = main
+        # the base class of this app's tasks (Celery's app.Task): `class MyTask(app.Task)`
+        self.Task: type[Task[Any, Any]] = _task_class(task_cls or Task)
         self.conf = Config()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic_entries: dict[str, Entry] = {}  # @app.periodic (beat_schedule: settings)
@@ -81,8 +87,20 @@ class App:
         self._backend: ResultStore | None = None
         self._wired: Wiring | None = None
         self.producer = Producer(main, self.conf, self.tasks, self._wiring)
-        self._autodiscover: list[tuple[list[str], str]] = []
+        # autodiscover's (packages: a list, a callable giving one, None: Django's apps; related)
+        self._autodiscover: list[
+            tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str | None]
+        ] = []
         self._imported = False
+        self._annotations: list[Any] | None = None  # task_annotations, checked at finalize
+        register_builtins(self)  # Celery's celery.map / starmap / chunks / accumulate
+        shared.app_created(self, set_as_current)  # @shared_task declared so far
+
+    def set_current(self) -> None:
+        """Make this the app `@shared_task` objects send through (also the last App created)."""
+        shared.set_current(self)
+
+    set_default = set_current
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -92,38 +110,75 @@ class App:
         """Celery's: a module path, `"django.conf:settings"`, an object or a dict."""
         self.conf.update(settings_from_object(obj, namespace))
 
-    def autodiscover(self, packages: Sequence[str], related_name: str = "tasks") -> None:
-        """Import `<package>.tasks` (or the module itself) for each package, when the app
-        finalizes: lazily, so task modules may import the app module that calls this."""
-        self._autodiscover.append((list(packages), related_name))
+    def autodiscover(
+        self,
+        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        related_name: str | None = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Celery's autodiscover_tasks: import `<package>.<related_name>` (else the package
+        itself; `related_name=None`: only the package) for each package when the app
+        finalizes, lazily, so task modules may import the app module that calls this.
+
+        `packages` may be a callable, called then (Celery's `lambda: settings.INSTALLED_APPS`);
+        none at all means Django's installed apps, so `proj/celery.py` may call
+        `app.autodiscover_tasks()` before Django is set up. `force=True` imports now."""
+        source = [packages] if isinstance(packages, str) else packages
+        if source is not None and not callable(source):
+            source = list(source)
+        self._autodiscover.append((source, related_name))
+        if force or self._imported:  # after finalize, nothing would import them later
+            from . import django_fixup
+
+            django_fixup.setup_if_configured()
+            self._import_discovered(source, related_name)
 
     autodiscover_tasks = autodiscover
 
     def import_task_modules(self) -> None:
+        """Import `imports`, `include`, then what autodiscover names; once, at finalize.
+        With DJANGO_SETTINGS_MODULE set, `django.setup()` runs first (a task module may
+        import its models), as Celery's Django fixup does."""
         if self._imported:
             return
         self._imported = True
+        from . import django_fixup
+
+        django_fixup.setup_if_configured()
         settings = self.conf.settings
-
-        def load(name: str, missing_ok: bool = False) -> bool:
-            """Import one task module: False if it does not exist and that is allowed. Any
-            error it raises becomes one that names the module (the CLI prints one line)."""
-            try:
-                importlib.import_module(name)
-            except Exception as exc:
-                if missing_ok and isinstance(exc, ModuleNotFoundError) and exc.name == name:
-                    return False
-                raise ConfigurationError(
-                    f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-            return True
-
         for module in [*settings.imports, *settings.include]:
-            load(module)
-        for packages, related in self._autodiscover:
-            for package in packages:
-                if not load(f"{package}.{related}", missing_ok=True):
-                    load(package)
+            self._load_task_module(module)
+        for source, related in self._autodiscover:
+            self._import_discovered(source, related)
+
+    def _import_discovered(
+        self, source: Sequence[str] | Callable[[], Sequence[str]] | None, related: str | None
+    ) -> None:
+        """One autodiscover call: its packages (an AppConfig path is its app's package),
+        each `<package>.<related>` if it exists, else the package itself."""
+        from . import django_fixup
+
+        if source is None:
+            packages = django_fixup.installed_app_packages()
+        else:
+            packages = django_fixup.app_packages(source() if callable(source) else source)
+        for package in packages:
+            if related is None or not self._load_task_module(f"{package}.{related}", True):
+                self._load_task_module(package)
+
+    @staticmethod
+    def _load_task_module(name: str, missing_ok: bool = False) -> bool:
+        """Import one task module: False if it does not exist and that is allowed. Any
+        error it raises becomes one that names the module (the CLI prints one line)."""
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            if missing_ok and isinstance(exc, ModuleNotFoundError) and exc.name == name:
+                return False
+            raise ConfigurationError(
+                f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return True
 
     def finalize(self) -> Settings:
         """Freeze settings, read the environment once, build broker and backend (a bad URL
@@ -150,6 +205,9 @@ class App:
                 coordinator=make_coordinator(self._backend),
                 replies=reply_routing(self._backend),
             )  # fmt: skip
+            self._annotations = annotations_of(settings.task_annotations)
+            for task in list(self.tasks.values()):
+                annotate(task, self._annotations)
         self.import_task_modules()
         return settings
 
@@ -207,15 +265,28 @@ class App:
     def task(self, *, bind: Literal[False] = ..., **options: Any) -> _Decorator: ...
 
     def task(  # type: ignore[misc]  # mypy cannot pair a positional-only default with **options
-        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
     ) -> Any:
-        """Register a task: `@app.task` or `@app.task(bind=True, max_retries=3, ...)`."""
+        """Register a task: `@app.task` or `@app.task(bind=True, max_retries=3, ...)`;
+        `base=MyTask` makes it an instance of your Task subclass (its handlers, its class
+        attributes as option defaults)."""
+        cls = _task_class(base) if base is not None else self.Task
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self.producer, fn, bind=bind, **options)
+            if isinstance(fn, Task | shared.SharedTask):
+                raise ConfigurationError(f"{fn!r} is a task already; decorate the function once")
+            task: Task[Any, Any] = cls(self.producer, fn, bind=bind, **options)
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not fn and existing.__module__ != "__main__":
                 raise ConfigurationError(f"two tasks are named {task.name!r}; pass name= to one")
+            if self._annotations is not None:  # finalized: annotated as the others were
+                annotate(task, self._annotations)
             self.tasks[task.name] = task
             return task
 
@@ -291,6 +362,120 @@ class App:
     def close(self) -> None:
         """Close the sync portal (and its connections)."""
         self.producer.close(self.aclose() if self._broker is not None else None)
+
+
+@overload
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], **options: Any) -> _BoundDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = ..., **options: Any) -> _Decorator: ...
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """A task for a library or a reusable app, declared without an App: registered on every
+    App (existing and created later); sending goes through the current app (aiotq/shared.py).
+    Takes @app.task's options."""
+
+    def declare(fn: Callable[..., Any]) -> Any:
+        if options.get("base") is not None:
+            _task_class(options["base"])
+        return shared.declare(fn, options)
+
+    return declare(fn) if fn is not None else declare
+
+
+def _task_class(cls: Any) -> type[Task[Any, Any]]:
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigurationError(f"base={cls!r}: a task class must be a subclass of aiotq.Task")
+    return cls
+
+
+# -- task_annotations (Celery's): applied to every task when the app finalizes ---------------
+
+
+class _ByName:
+    """`{"tasks.add": {...}, "*": {...}}`: one dict of annotations by task name."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        for name, values in entries.items():
+            if not isinstance(name, str) or not isinstance(values, dict):
+                raise ConfigurationError(
+                    f"task_annotations: {name!r} must map a task name (or '*') to a dict of"
+                    f" options, got {type(values).__name__}"
+                )
+            for key in values:
+                if key not in TASK_OPTIONS and key not in _HANDLERS and not key.startswith("@"):
+                    raise ConfigurationError(
+                        f"task_annotations[{name!r}]: unknown task option {key!r}"
+                    )
+        self.entries = entries
+
+    def annotate(self, task: Task[Any, Any]) -> dict[str, Any] | None:
+        values = self.entries.get(task.name)
+        return dict(values) if values is not None else None
+
+    def annotate_any(self) -> dict[str, Any] | None:
+        values = self.entries.get("*")
+        return dict(values) if values is not None else None
+
+
+_HANDLERS = frozenset({"before_start", "on_success", "on_failure", "on_retry", "after_return"})
+
+
+def annotations_of(setting: Any) -> list[Any]:
+    """The task_annotations setting as a list of annotators: a dict by task name, an object
+    with `annotate(task)` (and optionally `annotate_any()`), or a list of those."""
+    if setting is None:
+        return []
+    items = setting if isinstance(setting, (list, tuple)) else [setting]
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            module, _, attr = item.replace(":", ".").rpartition(".")
+            try:
+                item = getattr(importlib.import_module(module), attr)()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"task_annotations: cannot load {item!r}: {type(exc).__name__}: {exc}"
+                ) from None
+        if isinstance(item, dict):
+            out.append(_ByName(item))
+        elif callable(getattr(item, "annotate", None)):
+            out.append(item)
+        else:
+            raise ConfigurationError(
+                "task_annotations: expected a dict of task name -> options, an object with"
+                f" annotate(task), or a list of those; got {type(item).__name__}"
+            )
+    return out
+
+
+def annotate(task: Task[Any, Any], annotators: list[Any]) -> None:
+    """The first '*' entry, then the first entry for this task (the specific one wins)."""
+    if not annotators:
+        return
+    anything = next((v for a in annotators if (v := _any(a)) is not None), None)
+    specific = next((v for a in annotators if (v := a.annotate(task)) is not None), None)
+    for values in (anything, specific):
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigurationError(
+                f"task_annotations for {task.name}: annotate() returned"
+                f" {type(values).__name__}, not a dict"
+            )
+        try:
+            task.annotate(values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"task_annotations for {task.name}: {exc}") from None
+
+
+def _any(annotator: Any) -> dict[str, Any] | None:
+    annotate_any = getattr(annotator, "annotate_any", None)
+    return annotate_any() if annotate_any is not None else None
 
 
 def run(coro: Coroutine[Any, Any, R]) -> R:

@@ -6,15 +6,22 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from typing import Annotated, Any
 
 import typer
 
 from ._version import __version__
 from .app import App, run
-from .cli_common import LOG_LEVELS, AppOption, fail, load_app, run_against
+from .cli_common import (
+    APP_BEFORE_THE_COMMAND,
+    AppOption,
+    LogLevelOption,
+    fail,
+    load_app,
+    run_against,
+)
 from .cli_control import control_cli, events_command, inspect_cli
+from .cli_worker import setup_logging, worker
 from .dashboard.cli import dashboard_command
 from .exceptions import AiotqError, ConfigurationError
 
@@ -26,17 +33,6 @@ cli = typer.Typer(
 )
 
 
-def setup_logging(level: str) -> None:
-    """Before anything else runs: a wrong level is one line naming the valid ones."""
-    if level.lower() not in LOG_LEVELS:
-        raise fail(f"unknown log level {level!r}; use one of: {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(
-        level=level.upper(),
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"aiotq {__version__}")
@@ -45,6 +41,17 @@ def version_callback(value: bool) -> None:
 
 @cli.callback()
 def main_options(
+    app_option: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            "-A",
+            envvar="AIOTQ_APP",
+            help="The app for the command (as `celery -A proj worker`): proj, or"
+            " module:attribute. A command's own -A wins.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -52,81 +59,20 @@ def main_options(
         ),
     ] = False,
 ) -> None:
-    pass
+    APP_BEFORE_THE_COMMAND.set(app_option)
 
 
-@cli.command()
-def worker(
-    app_path: Annotated[
-        str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")
-    ] = None,
-    app_option: AppOption = None,
-    concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", help="Tasks in flight at once.")
-    ] = None,
-    queues: Annotated[
-        str | None, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")
-    ] = None,
-    loglevel: Annotated[
-        str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")
-    ] = "info",
-    threads: Annotated[int | None, typer.Option(help="Thread pool size for sync tasks.")] = None,
-    processes: Annotated[
-        int | None, typer.Option(help="Process pool size for executor='process' tasks.")
-    ] = None,
-    prefetch_multiplier: Annotated[
-        int | None, typer.Option(help="Prefetch = concurrency x this.")
-    ] = None,
-    shutdown_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a warm shutdown waits for in-flight tasks.")
-    ] = None,
-    hostname: Annotated[
-        str | None, typer.Option("--hostname", "-n", help="Name shown in logs.")
-    ] = None,
-    beat: Annotated[
-        bool, typer.Option("--beat", "-B", help="Also run beat (periodic tasks) in this loop.")
-    ] = False,
-    task_events: Annotated[
-        bool,
-        typer.Option("--task-events", "-E", help="Send task events (for `aiotq events`)."),
-    ] = False,
-    metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port.")
-    ] = None,
-) -> None:
-    """Start a worker: one process, one event loop, up to --concurrency tasks at once."""
-    setup_logging(loglevel)
-    app = load_app(app_option or app_path)
-    from .worker.worker import Worker  # here: `aiotq send` need not import the worker
-
-    try:
-        w = Worker(
-            app,
-            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-            concurrency=concurrency,
-            prefetch_multiplier=prefetch_multiplier,
-            threads=threads,
-            processes=processes,
-            shutdown_timeout_s=shutdown_timeout,
-            hostname=hostname,
-            beat=beat,
-            send_events=True if task_events else None,
-            metrics_port=metrics_port,
-        )
-        run(w.run())
-    except AiotqError as exc:
-        raise fail(str(exc), exc) from None
+cli.command()(worker)  # first in --help, as it was
 
 
 @cli.command("beat")
 def beat_command(
     app_path: Annotated[
-        str | None, typer.Argument(metavar="APP", help="module:attribute of the App.")
+        str | None,
+        typer.Argument(metavar="APP", help="The app, as -A takes it.", show_default=False),
     ] = None,
     app_option: AppOption = None,
-    loglevel: Annotated[
-        str, typer.Option("--loglevel", "-l", help="debug, info, warning, error.")
-    ] = "info",
+    loglevel: LogLevelOption = "info",
 ) -> None:
     """Run beat alone: send periodic tasks when due (one leader among all beats)."""
     setup_logging(loglevel)
@@ -169,9 +115,13 @@ def send(
     app_option: AppOption = None,
     args: Annotated[str, typer.Option(help="Positional arguments as a JSON list.")] = "[]",
     kwargs: Annotated[str, typer.Option(help="Keyword arguments as a JSON object.")] = "{}",
-    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="Queue to send to.")] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-Q", help="Queue to send to.", show_default="the task's route"),
+    ] = None,
     countdown: Annotated[
-        float | None, typer.Option(help="Run no earlier than this many seconds.")
+        float | None,
+        typer.Option(help="Run no earlier than this many seconds.", show_default="at once"),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 30.0,
@@ -197,7 +147,10 @@ def send(
 def result(
     task_id: Annotated[str, typer.Argument(help="The task id.")],
     app_option: AppOption = None,
-    wait: Annotated[float | None, typer.Option(help="Wait up to this many seconds for it.")] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="Wait up to this many seconds for it.", show_default="no wait"),
+    ] = None,
 ) -> None:
     """Print a task's state and result."""
     app = load_app(app_option)
@@ -262,7 +215,10 @@ def status(
 def purge(
     app_option: AppOption = None,
     queues: Annotated[
-        str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")
+        str | None,
+        typer.Option(
+            "--queues", "-Q", help="Comma-separated queues.", show_default="task_default_queue"
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
 ) -> None:
@@ -282,7 +238,10 @@ def purge(
 @cli.command("dead-letters")
 def dead_letters(
     app_option: AppOption = None,
-    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="The queue.")] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-Q", help="The queue.", show_default="task_default_queue"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many, oldest first.")] = 100,
     requeue: Annotated[
         bool, typer.Option("--requeue", help="Move them back to the queue.")

@@ -138,6 +138,15 @@ class Retry(AiotqError):
         self.new_kwargs = kwargs
 
 
+class Replace(AiotqError):
+    """Raised by `Task.replace(sig)`: `sig` runs instead of the task, inheriting what came
+    after it (callbacks, the rest of its chain, its chord) and its result id."""
+
+    def __init__(self, signature: Any) -> None:
+        super().__init__(f"replaced by {signature!r}")
+        self.signature = signature
+
+
 class Reject(AiotqError):
     """Raised by a task to reject its message (`requeue=False` dead-letters it)."""
 

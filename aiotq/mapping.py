@@ -20,6 +20,7 @@ from .canvas import AppLike, Signature, group
 
 Task = Any  # aiotq.task.Task, one layer above: read here only for .is_async and calling
 
+BUILTIN = "celery."  # the prefix of the built-ins' names (left out of listings, as in Celery)
 MAP, STARMAP, CHUNKS, ACCUMULATE = (
     "celery.map",
     "celery.starmap",

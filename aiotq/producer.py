@@ -27,6 +27,7 @@ from .protocol import CODECS, Message, chord_ref, signature_list
 from .request import current_request
 from .routing import Topology, resolve_route
 from .settings import Config, Settings
+from .signals import after_task_publish, before_task_publish
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -153,7 +154,9 @@ class Producer:
         )
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
-        await self.publish_message(message, serializer=opt.get("serializer"), queues=targets)
+        await self.publish_message(
+            message, serializer=opt.get("serializer"), queues=targets, exchange=opt.get("exchange")
+        )
         if settings.producer_metrics:
             _sent_total().labels(name, _HOSTNAME, message.queue or "").inc()
         if settings.task_send_sent_event:
@@ -164,11 +167,17 @@ class Producer:
         return task_id
 
     async def publish_message(
-        self, message: Message, serializer: str | None = None, queues: Sequence[str] = ()
+        self,
+        message: Message,
+        serializer: str | None = None,
+        queues: Sequence[str] = (),
+        exchange: str | None = None,
     ) -> None:
         """Encode and publish to `queues` (default: the message's own queue; a fanout has
         several); the one path for first sends and retries."""
         wiring = self.wiring
+        if before_task_publish.has_receivers():
+            message = await _before_publish(message, exchange)
         codec = CODECS.get(serializer or wiring.settings.task_serializer)
         if codec is None:
             raise ConfigurationError(f"unknown serializer {serializer!r}")
@@ -187,6 +196,11 @@ class Producer:
                 await wiring.broker.publish(
                     queue, body, headers, delay_s=delay_s, priority=message.priority
                 )
+        if after_task_publish.has_receivers():
+            await after_task_publish.asend(
+                sender=message.task, body=_body(message), exchange=exchange or "",
+                routing_key=message.routing_key or message.queue,
+            )  # fmt: skip
 
     def close(self, cleanup: Coroutine[Any, Any, None] | None = None) -> None:
         """Close the sync portal, running `cleanup` on its loop first."""
@@ -216,6 +230,47 @@ def _sent_total() -> Any:
     from prometheus_client import Counter
 
     return Counter("celery_task_sent_total", "Tasks sent.", ["name", "hostname", "queue_name"])
+
+
+# what before_task_publish's `headers` hold besides the message's own headers (Celery's
+# protocol 2 names); a receiver may add headers of its own, which then travel with it
+_STANDARD_HEADERS = frozenset(
+    {"lang", "task", "id", "eta", "expires", "group", "retries", "timelimit", "root_id",
+     "parent_id", "origin"}
+)  # fmt: skip
+
+
+def _body(message: Message) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """Celery's body: (args, kwargs, embed)."""
+    embed = {
+        "callbacks": message.link or None, "errbacks": message.link_error or None,
+        "chain": message.chain or None, "chord": message.chord,
+    }  # fmt: skip
+    return message.args, message.kwargs, embed
+
+
+async def _before_publish(message: Message, exchange: str | None) -> Message:
+    """before_task_publish, with Celery's arguments; headers a receiver adds are sent."""
+    headers: dict[str, Any] = {
+        "lang": "py", "task": message.task, "id": message.id, "eta": message.eta_at_s,
+        "expires": message.expires_at_s, "group": message.group_id, "retries": message.retries,
+        "timelimit": [message.time_limit_s, message.soft_time_limit_s],
+        "root_id": message.root_id, "parent_id": message.parent_id, "origin": _HOSTNAME,
+        **message.headers,
+    }  # fmt: skip
+    properties = {
+        "correlation_id": message.id, "reply_to": message.reply_to,
+        "priority": message.priority,
+    }  # fmt: skip
+    await before_task_publish.asend(
+        sender=message.task, body=_body(message), exchange=exchange or "",
+        routing_key=message.routing_key or message.queue, headers=headers,
+        properties=properties, declare=[], retry_policy=None,
+    )  # fmt: skip
+    own = {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
+    if own != message.headers:
+        message = msgspec.structs.replace(message, headers=own)
+    return message
 
 
 def _epoch(value: datetime | float | None, *, relative: bool) -> float | None:

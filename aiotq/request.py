@@ -29,8 +29,17 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False  # run here and now by task.apply() / task_always_eager
+    # the last update_state() stored by a task of its own (called without await on a loop):
+    # the next one waits for it, and the worker waits for it before the task's outcome
+    pending_update: Any = field(default=None, repr=False, compare=False)
 
 
 current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "aiotq_request", default=None
 )
+
+# The loop of the worker running this code (set once by the worker: its tasks and threads
+# inherit it). A thread task's blocking calls (update_state) run there, on the worker's own
+# connections, instead of starting the sync portal's loop and connections in the worker.
+worker_loop: contextvars.ContextVar[Any] = contextvars.ContextVar("aiotq_worker_loop", default=None)

@@ -348,7 +348,9 @@ def settings_from_object(source: str | object, namespace: str | None = None) -> 
     Celery setting name, or a near-miss of one (a typo), is an error.
     """
     obj = _load(source) if isinstance(source, str) else source
-    items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
+    # private names skipped before reading them: Django's override_settings has some that raise
+    public = (k for k in dir(obj) if not k.startswith("_"))
+    items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in public)
     strict_unknown = isinstance(obj, Mapping)
     prefix = f"{namespace.upper().rstrip('_')}_" if namespace else ""
     entries: list[tuple[str, str, Any]] = []

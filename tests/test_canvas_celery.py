@@ -309,3 +309,52 @@ async def test_error_in_a_nested_chain_fails_the_outer_chord_instead_of_hanging(
     grouped = chord([chain(add.si(1, 1), group(fail.s(), add.s(1)))], identity.s())
     with pytest.raises(ValueError, match="on purpose"):
         await (await grouped.send()).get(timeout=T)
+
+
+async def test_a_chord_member_of_an_unknown_task_fails_the_chord(app: App) -> None:
+    identity = t(app, "identity")
+    c = chord([identity.si(1), app.signature("t.not_registered")], identity.s())
+    with pytest.raises(Exception, match="not_registered"):
+        await (await c.send()).get(timeout=T)
+
+
+# -- map, starmap, chunks, replace ------------------------------------------------------------
+async def test_map_starmap_and_chunks(app: App) -> None:
+    add, identity = t(app, "add"), t(app, "identity")
+    assert await (await identity.map([1, 2, 3]).send()).get(timeout=T) == [1, 2, 3]
+    assert await (await add.starmap([(1, 2), (3, 4)]).send()).get(timeout=T) == [3, 7]
+    pairs = list(zip(range(10), range(10), strict=True))
+    parts = add.chunks(pairs, 4)
+    assert len(parts.group().tasks) == 3
+    assert await (await parts.send()).get(timeout=T) == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+    with pytest.raises(ValueError, match="chunk size"):
+        add.chunks(pairs, 0)
+    listed = await app.control.inspect(timeout=5).registered()
+    assert listed and all(not n.startswith("celery.") for names in listed.values() for n in names)
+    assert "celery.map" in app.tasks  # registered on every app, left out of listings as in Celery
+
+
+def build_replacing(app: App) -> None:
+    identity, add = t(app, "identity"), t(app, "add")
+
+    @app.task(name="t.replace_with_chain", bind=True)
+    async def replace_with_chain(self: Any, value: Any) -> None:
+        raise self.replace(identity.si(value) | add.s(1))
+
+    @app.task(name="t.replace_with_group", bind=True)
+    async def replace_with_group(self: Any, value: Any) -> None:
+        raise self.replace(group(identity.si(value), add.si(value, 1)))
+
+
+async def test_replace_inherits_chain_chord_callbacks_and_the_id(app: App) -> None:
+    build_replacing(app)
+    add, identity, echo, tsum = t(app, "add"), t(app, "identity"), t(app, "echo"), t(app, "tsum")
+    alone = await app.tasks["t.replace_with_chain"].aapply_async((41,), link=echo.s())
+    assert await alone.get(timeout=T) == 42  # the replacement's last task took this id
+    assert await seen(app, 1) == [42]  # and its callback
+    in_chain = chain(identity.si(1), app.tasks["t.replace_with_chain"].s(), add.s(100))
+    assert await (await in_chain.send()).get(timeout=T) == 102
+    in_chord = chord([app.tasks["t.replace_with_chain"].si(1), identity.si(10)], tsum.s())
+    assert await (await in_chord.send()).get(timeout=T) == 12
+    grouped = await app.tasks["t.replace_with_group"].aapply_async((5,))
+    assert await grouped.get(timeout=T) == [5, 6]

@@ -31,6 +31,7 @@ from ..control import (
     revoked_ids,
 )
 from ..exceptions import AiotqError, MessageRejected, Transient
+from ..mapping import BUILTIN
 from ..protocol import Message, decode_message
 from ..settings import parse_rate
 from ..urls import mask_password
@@ -165,7 +166,7 @@ class ControlListener:
         return found
 
     async def _do_registered(self) -> Any:
-        return sorted(self.app.tasks)
+        return sorted(name for name in self.app.tasks if not name.startswith(BUILTIN))
 
     async def _do_stats(self) -> Any:
         usage = resource.getrusage(resource.RUSAGE_SELF)

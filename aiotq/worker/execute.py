@@ -10,25 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import trace
 from ..backends.base import reply_routing
 from ..exceptions import (
     DeliveryLimitExceeded,
     MessageRejected,
     NotRegistered,
     Reject,
+    Replace,
     Retry,
     TaskRevoked,
 )
 from ..protocol import Failure, Message, decode_message
 from ..request import Request, current_request
+from ..signals import task_postrun, task_prerun, task_received, task_revoked, task_success
+from ..trace import ExceptionInfo
 from ..tracing import Tracing
 from .followups import FollowUps
 from .limits import RateLimiter, with_limits
@@ -73,16 +80,28 @@ class Running:
 
 class Executor:
     def __init__(
-        self, app: App, hostname: str, threads: int, processes: int, events: TaskEvents
+        self,
+        app: App,
+        hostname: str,
+        threads: int,
+        processes: int,
+        events: TaskEvents,
+        sender: object = None,
     ) -> None:
         self.tasks = app.tasks
         self.replies = reply_routing(app.backend)
         self.settings = app.conf.settings
         self.hostname = hostname
+        self.sender = sender  # task_received's sender (Celery's: the consumer; here the worker)
         self.accept_content = frozenset(self.settings.accept_content)
-        self.decide = Decide(self.settings, FollowUps(app), app.producer.publish_message)
+        publish = app.producer.publish_message
+        self.decide = Decide(self.settings, FollowUps(app), publish, hostname)
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
-        self.processes = ProcessPool(processes)
+        self.processes = ProcessPool(
+            processes,
+            max_tasks_per_child=self.settings.worker_max_tasks_per_child,
+            max_memory_per_child_kib=self.settings.worker_max_memory_per_child,
+        )
         self._limiters: dict[str, RateLimiter] = {}
         self.counters = Counters()  # for this worker's presence record
         # what runs now (by task id) and what ended lately: `inspect active`, terminate, and
@@ -145,14 +164,32 @@ class Executor:
             if events.enabled:
                 events.revoked(message, terminated=False, expired=False)
             revoked = Failure.of(TaskRevoked(f"task {label} was revoked"))
-            return decide.failed(message, revoked, delivery, Settle.ACK, state="REVOKED")
+            outcome = decide.failed(message, revoked, delivery, Settle.ACK, state="REVOKED")
+            return self._notify_revoked(outcome, task, message, delivery, expired=False)
         if message.expires_at_s is not None and time.time() > message.expires_at_s:
             log.warning("Task %s expired; not run", label)
             if events.enabled:
                 events.revoked(message, terminated=False, expired=True)
             expired = Failure.of(TaskRevoked(f"task {label} expired"))
-            return decide.failed(message, expired, delivery, Settle.ACK, state="REVOKED")
+            outcome = decide.failed(message, expired, delivery, Settle.ACK, state="REVOKED")
+            return self._notify_revoked(outcome, task, message, delivery, expired=True)
         return Accepted(message, task, decide.settle_for(task), label)
+
+    def _notify_revoked(
+        self,
+        outcome: Outcome,
+        task: Task[Any, Any],
+        message: Message,
+        delivery: Delivery,
+        expired: bool,
+    ) -> Outcome:
+        """task_revoked for a task that will not run: sent by the worker before it acts."""
+        if task_revoked.has_receivers():
+            request = self._request(message, delivery)
+            outcome.notify = partial(
+                trace.revoked, task, request, terminated=False, expired=expired
+            )
+        return outcome
 
     async def run(self, accepted: Accepted, delivery: Delivery) -> list[Outcome]:
         """Run an accepted delivery under its limits; its outcomes, in order."""
@@ -162,14 +199,21 @@ class Executor:
         loop = asyncio.get_running_loop()
         runner = asyncio.current_task()
         self.active[task_id] = Running(accepted, delivery, time.time(), loop.time(), runner)
+        request = self._request(accepted.message, delivery)
+        token = current_request.set(request)  # self.request: in the task and its handlers
         try:
-            return await self._run(accepted, delivery, label)
+            if task_received.has_receivers():
+                await task_received.asend(sender=self.sender, request=request)
+            return await self._run(accepted, delivery, label, request)
         except asyncio.CancelledError:
             if task_id not in self.terminating or runner is None:
                 raise
             runner.uncancel()  # our own cancellation (terminate): this task ends REVOKED
-            return [self._terminated(accepted, delivery)]
+            outcome = self._terminated(accepted, delivery)
+            await self._after_terminated(accepted, delivery)
+            return [outcome]
         finally:
+            current_request.reset(token)
             self.active.pop(task_id, None)
             self.terminating.discard(task_id)
             self.ended.append((label, loop.time()))
@@ -208,10 +252,13 @@ class Executor:
         settle = Settle.NONE if accepted.settle is Settle.NONE else Settle.ACK
         return self.decide.failed(message, revoked, delivery, settle, state="REVOKED")
 
-    async def _run(self, accepted: Accepted, delivery: Delivery, label: str) -> list[Outcome]:
+    async def _run(
+        self, accepted: Accepted, delivery: Delivery, label: str, request: Request
+    ) -> list[Outcome]:
         message, task, settle = accepted.message, accepted.task, accepted.settle
         decide = self.decide
         events = self.events
+        handlers = task.custom_handlers  # None: no handler overridden (seen at declaration)
         rate = self.rates.get(task.name, task.rate_per_s) if self.rates else task.rate_per_s
         if rate is not None:
             await self._limiter(task.name, rate).wait()
@@ -219,21 +266,36 @@ class Executor:
         early = [started] if started is not None else []
         if events.enabled:
             events.started(message)
+        if task_prerun.has_receivers():
+            await trace.prerun(task, message.id, message.args, message.kwargs)
         began = time.perf_counter()
         with self.tracing.processing(message, delivery.queue) as span:
             try:
-                value = await self._execute(task, message, self._request(message, delivery))
+                if handlers is not None and handlers.before_start is not None:
+                    await trace.invoke(
+                        handlers.before_start, self._in_threads,
+                        message.id, message.args, message.kwargs,
+                    )  # fmt: skip
+                value = await self._execute(task, message, request)
+                if request.pending_update is not None:
+                    await _updates_stored(request, label)
                 if message.id in self.terminating:  # a thread or child that ended after all
+                    await self._after_terminated(accepted, delivery)
                     return [*early, self._terminated(accepted, delivery)]
             except Exception as exc:
+                if request.pending_update is not None:
+                    await _updates_stored(request, label)
                 if message.id in self.terminating:  # a child interrupted by the terminate
+                    await self._after_terminated(accepted, delivery)
                     return [*early, self._terminated(accepted, delivery)]
                 if span is not None:
                     if isinstance(exc, Retry):
                         Tracing.retried(span, str(exc), exc.countdown_s)
                     else:
                         Tracing.failed(span, exc)
-                return [*early, self._failed(accepted, delivery, exc, began)]
+                outcome, reason = self._failed(accepted, delivery, exc, began)
+                await self._after_failure(task, request, outcome, reason)
+                return [*early, outcome]
         elapsed = time.perf_counter() - began
         if self.value_repr is None:
             log.info("Task %s succeeded in %.6fs", label, elapsed)
@@ -241,30 +303,79 @@ class Executor:
             log.info("Task %s succeeded in %.6fs: %s", label, elapsed, self.value_repr.repr(value))
         if events.enabled:
             events.succeeded(message, value, elapsed)
-        return [*early, decide.succeeded(task, message, value, delivery, settle)]
+        outcome = decide.succeeded(task, message, value, delivery, settle)
+        if handlers is not None or task_success.has_receivers() or task_postrun.has_receivers():
+            if outcome.state == "SUCCESS":
+                await trace.succeeded(task, handlers, self._in_threads,
+                                      message.id, message.args, message.kwargs, value)  # fmt: skip
+            else:  # the value could not be stored: the task failed after all
+                await self._after_failure(task, request, outcome, None)
+        return [*early, outcome]
+
+    # -- handlers and signals after a run (aiotq/trace.py) --------------------------------
+    async def _in_threads(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A sync handler runs in the thread pool, never on the loop (it may block)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.threads, contextvars.copy_context().run, fn, *args)
+
+    async def _after_failure(
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        outcome: Outcome,
+        reason: BaseException | None,
+    ) -> None:
+        handlers, state = task.custom_handlers, outcome.state
+        args, kwargs, task_id = request.args, request.kwargs, outcome.task_id or ""
+        if state == "RETRY" and reason is not None:
+            if isinstance(reason, Retry) and isinstance(reason.exc, RemoteError):
+                reason.exc = reason.exc.failure.rebuild()  # a child's: its own type here
+            await trace.retried(task, handlers, self._in_threads, request, reason,
+                                ExceptionInfo(reason))  # fmt: skip
+        elif state == "FAILURE" and outcome.failure is not None:
+            exc = reason if reason is not None else outcome.failure.rebuild()
+            if isinstance(exc, RemoteError):  # a child's: its own type where importable
+                exc = exc.failure.rebuild()
+            einfo = ExceptionInfo(exc, outcome.failure.traceback)
+            await trace.failed(task, handlers, self._in_threads,
+                               task_id, args, kwargs, exc, einfo)  # fmt: skip
+        elif state == "REJECTED":
+            await trace.postrun(task, task_id, args, kwargs, reason, "REJECTED")
+
+    async def _after_terminated(self, accepted: Accepted, delivery: Delivery) -> None:
+        message, task = accepted.message, accepted.task
+        if task_revoked.has_receivers() or task_postrun.has_receivers():
+            request = current_request.get() or self._request(message, delivery)
+            await trace.revoked(task, request, terminated=True, expired=False,
+                                signum=signal.SIGTERM)  # fmt: skip
+            await trace.postrun(task, message.id, message.args, message.kwargs, None, "REVOKED")
 
     def _failed(
         self, accepted: Accepted, delivery: Delivery, exc: Exception, began: float
-    ) -> Outcome:
-        """The outcome of a task that raised: retry, reject, lost process or failure."""
+    ) -> tuple[Outcome, BaseException | None]:
+        """The outcome of a task that raised: retry, reject, lost process or failure; and
+        what the handlers see (the Retry, or the exception)."""
         message, task, settle = accepted.message, accepted.task, accepted.settle
         label = accepted.label
         decide = self.decide
         if isinstance(exc, Retry):
-            return self._retried(message, exc, delivery, settle)
+            return self._retried(message, exc, delivery, settle), exc
+        if isinstance(exc, Replace):
+            log.info("Task %s replaced by %r", label, exc.signature)
+            return decide.replaced(message, exc.signature, delivery, settle), None
         if isinstance(exc, Reject):
             log.warning("Task %s rejected: %s", label, exc.reason)
             if self.events.enabled:
                 self.events.rejected(message.id, message.task, exc.requeue, exc.reason)
-            return decide.rejected(message, exc, delivery)
+            return decide.rejected(message, exc, delivery), exc
         if isinstance(exc, WorkerLost):
             log.error("Task %s lost its process (%s); returned to the queue", label, exc)
-            return decide.lost(message, str(exc), delivery)
+            return decide.lost(message, str(exc), delivery), None
         if task.autoretry_for and isinstance(original(exc), task.autoretry_for):
             limit = task.effective_max_retries
             if limit is None or message.retries < limit:
                 again = Retry(exc, task.retry_delay_s(message.retries))
-                return self._retried(message, again, delivery, settle)
+                return self._retried(message, again, delivery, settle), again
         failure = failure_of(exc)
         self.counters.failed += 1
         elapsed = time.perf_counter() - began
@@ -273,7 +384,7 @@ class Executor:
                   _child_stack(exc), exc_info=local)  # fmt: skip
         if self.events.enabled:
             self.events.failed(message, failure, elapsed)
-        return decide.failed(message, failure, delivery, settle)
+        return decide.failed(message, failure, delivery, settle), exc
 
     def _retried(
         self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
@@ -331,35 +442,41 @@ class Executor:
             or task.soft_time_limit
             or self.settings.task_soft_time_limit_s
         )
-        token = current_request.set(request)
-        try:
-            if task.is_async:
-                return await with_limits(task(*message.args, **message.kwargs), hard, soft)
-            loop = asyncio.get_running_loop()
-            if task.executor == "thread":
-                call = contextvars.copy_context().run
-                future = loop.run_in_executor(self.threads, call, _call, task, message)
-                return await with_limits(future, hard)
-            from concurrent.futures.process import BrokenProcessPool  # with the pool: 4 MB
+        if task.is_async:
+            return await with_limits(task(*message.args, **message.kwargs), hard, soft)
+        loop = asyncio.get_running_loop()
+        if task.executor == "thread":
+            call = contextvars.copy_context().run
+            future = loop.run_in_executor(self.threads, call, _call, task, message)
+            return await with_limits(future, hard)
+        from concurrent.futures.process import BrokenProcessPool  # with the pool: 4 MB
 
-            payload = pack_call(message.args, message.kwargs, request)
-            module, qualname = task.fn.__module__, task.fn.__qualname__
-            try:
-                future = loop.run_in_executor(
-                    self.processes.executor, run_in_child, module, qualname, payload,
-                    self.processes.marks,
-                )  # fmt: skip
-                answer = unpack_answer(await with_limits(future, hard))
-            except BrokenProcessPool as exc:
-                self.processes.kill()
-                raise WorkerLost(f"process pool broke: {exc}") from None
-            except BaseException:
-                if message.id not in self.terminating:  # else: only its own child was ended
-                    self.processes.kill()  # the hard limit (or a cold stop): end the process
-                raise
-            return _answer_value(answer)
-        finally:
-            current_request.reset(token)
+        payload = pack_call(message.args, message.kwargs, request)
+        module, qualname = task.fn.__module__, task.fn.__qualname__
+        try:
+            future = loop.run_in_executor(
+                self.processes.executor, run_in_child, module, qualname, payload,
+                self.processes.marks,
+            )  # fmt: skip
+            answer = unpack_answer(await with_limits(future, hard))
+        except BrokenProcessPool as exc:
+            self.processes.kill()
+            raise WorkerLost(f"process pool broke: {exc}") from None
+        except BaseException:
+            if message.id not in self.terminating:  # else: only its own child was ended
+                self.processes.kill()  # the hard limit (or a cold stop): end the process
+            raise
+        return _answer_value(answer)
+
+
+async def _updates_stored(request: Request, label: str) -> None:
+    """The task's last update_state() that was not awaited, stored before its outcome is
+    (else a late PROGRESS could land after SUCCESS). Its error is logged, not the task's."""
+    try:
+        await request.pending_update
+    except Exception as exc:
+        log.warning("Task %s: update_state() failed: %r", label, exc)
+    request.pending_update = None
 
 
 def _call(task: Task[Any, Any], message: Message) -> Any:

@@ -44,6 +44,12 @@ class Outcome:
     after: Callable[[], Awaitable[None]] | None = None  # follow-ups, once the record is stored
     # a follow-up that fails for good dead-letters the message (a lost retry loses the task)
     after_must_succeed: bool = False
+    # what the record says, for the handlers and signals that follow a run: SUCCESS,
+    # FAILURE, RETRY, REVOKED, REJECTED, or None (nothing stored: a lost process)
+    state: str | None = None
+    failure: Failure | None = None  # with FAILURE / REVOKED (and a retry's cause)
+    # a signal to send before the outcome is acted on (task_revoked for one never run)
+    notify: Callable[[], Awaitable[Any]] | None = None
 
 
 class RemoteError(Exception):
@@ -75,11 +81,14 @@ class Decide:
         settings: Settings,
         followups: FollowUps,
         publish: Callable[[Message], Awaitable[None]],
+        hostname: str | None = None,
     ) -> None:
         self.settings = settings
         self.codec = CODECS[settings.result_serializer]
         self.followups = followups
         self._publish = publish
+        self.hostname = hostname
+        self.extended = settings.result_extended  # read once: off costs one test per record
 
     def settle_for(self, task: Task[Any, Any]) -> Settle:
         """ACK after the record is stored (acks late: the safe default, a crash means
@@ -102,14 +111,22 @@ class Decide:
 
     def refused(self, message: Message, exc: BaseException, delivery: Delivery) -> Outcome:
         """Never run (unknown task, past its delivery limit): dead-lettered, and the failure
-        stored so a waiting get() raises it at once instead of timing out."""
-        record = self._failure_record(message, Failure.of(exc), "FAILURE")
-        return Outcome(message.id, self._encode(record), delivery, Settle.DEAD_LETTER, str(exc))
+        stored so a waiting get() raises it at once instead of timing out; its error
+        follow-ups run too (a chain stops, a chord counts it), so nothing waits for ever."""
+        failure = Failure.of(exc)
+        record = self._failure_record(message, failure, "FAILURE", delivery)
+        after = None
+        if has_followups(message):
+            after = partial(self.followups.after_failure, message, record)
+        return Outcome(message.id, self._encode(record), delivery, Settle.DEAD_LETTER, str(exc),
+                       after=after, state="FAILURE", failure=failure)  # fmt: skip
 
     def started(self, task: Task[Any, Any], message: Message) -> Outcome | None:
         if not self.settings.task_track_started or self.ignored(task, message):
             return None
         record = ResultRecord(task_id=message.id, state="STARTED", task=message.task)
+        if self.extended:
+            record = self._extend(record, message, None)
         return Outcome(message.id, self._encode(record), None, Settle.NONE)
 
     # -- after running -------------------------------------------------------------------------
@@ -124,6 +141,8 @@ class Decide:
                 retries=message.retries, task=message.task, parent_id=message.parent_id,
                 children=children_of(message),
             )  # fmt: skip
+            if self.extended:
+                record = self._extend(record, message, delivery)
             try:
                 data = self.codec.encode(record)
             except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
@@ -142,7 +161,7 @@ class Decide:
         after = None
         if has_followups(message):
             after = partial(self.followups.after_success, message, value)
-        return Outcome(message.id, data, delivery, settle, after=after)
+        return Outcome(message.id, data, delivery, settle, after=after, state="SUCCESS")
 
     def failed(
         self,
@@ -154,11 +173,12 @@ class Decide:
     ) -> Outcome:
         """Store the failure (or the expiry), then its error follow-ups (link_error, the
         rest of a chain, a chord's count)."""
-        record = self._failure_record(message, failure, state)
+        record = self._failure_record(message, failure, state, delivery)
         after = None
         if has_followups(message):
             after = partial(self.followups.after_failure, message, record)
-        return Outcome(message.id, self._encode(record), delivery, settle, after=after)
+        return Outcome(message.id, self._encode(record), delivery, settle, after=after,
+                       state=state, failure=failure)  # fmt: skip
 
     def retried(
         self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
@@ -176,23 +196,46 @@ class Decide:
             task_id=message.id, state="RETRY", retries=message.retries + 1, task=message.task,
             failure=failure_of(retry.exc) if retry.exc is not None else None,
         )  # fmt: skip
+        if self.extended:
+            record = self._extend(record, message, delivery)
         return Outcome(
             message.id, self._encode(record), delivery, settle,
-            after=partial(self._publish, again), after_must_succeed=True,
+            after=partial(self._publish, again), after_must_succeed=True, state="RETRY",
+            failure=record.failure,
         )  # fmt: skip
+
+    def replaced(
+        self, message: Message, replacement: Any, delivery: Delivery, settle: Settle
+    ) -> Outcome:
+        """`raise self.replace(sig)`: nothing stored (the replacement's last task stores this
+        id); the replacement is sent before this message is acknowledged."""
+        after = partial(self.followups.replace, message, replacement)
+        return Outcome(message.id, None, delivery, settle, after=after, after_must_succeed=True)
 
     def rejected(self, message: Message, reject: Reject, delivery: Delivery) -> Outcome:
         how = Settle.REQUEUE if reject.requeue else Settle.DEAD_LETTER
-        return Outcome(message.id, None, delivery, how, reject.reason)
+        return Outcome(message.id, None, delivery, how, reject.reason, state="REJECTED")
 
     def lost(self, message: Message, reason: str, delivery: Delivery) -> Outcome:
         """Its process died (or was ended for another task's time limit): run it again."""
         return Outcome(message.id, None, delivery, Settle.REQUEUE, reason)
 
-    def _failure_record(self, message: Message, failure: Failure, state: State) -> ResultRecord:
-        return ResultRecord(
+    def _failure_record(
+        self, message: Message, failure: Failure, state: State, delivery: Delivery | None
+    ) -> ResultRecord:
+        record = ResultRecord(
             task_id=message.id, state=state, failure=failure, date_done_s=time.time(),
             retries=message.retries, task=message.task, parent_id=message.parent_id,
+        )  # fmt: skip
+        return self._extend(record, message, delivery) if self.extended else record
+
+    def _extend(
+        self, record: ResultRecord, message: Message, delivery: Delivery | None
+    ) -> ResultRecord:
+        """result_extended (Celery's): the call and where it ran, stored with the result."""
+        return msgspec.structs.replace(
+            record, args=message.args, kwargs=message.kwargs, worker=self.hostname,
+            queue=delivery.queue if delivery is not None else message.queue,
         )  # fmt: skip
 
     def _encode(self, record: ResultRecord) -> bytes:

@@ -2,7 +2,10 @@
 
 Only bytes and strings cross the process boundary: arguments, the request and the outcome
 are msgpack-encoded here, so no user object is ever pickled. The child imports the task's
-module and finds the task by its qualified name (so process tasks are module-level).
+module and finds the task by its qualified name (so process tasks are module-level), and
+sends `worker_process_init` once, before its first task, when that import has connected
+the app's receivers. Children are replaced after --max-tasks-per-child tasks or past
+--max-memory-per-child (children.py).
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ import signal
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..exceptions import Retry, TaskRevoked
+from ..django_fixup import setup_if_configured
+from ..exceptions import ConfigurationError, Retry, TaskRevoked
 from ..protocol import Failure
 from ..request import Request, current_request
+from ..signals import worker_process_init
+from .children import ChildProcesses
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -37,6 +44,7 @@ _decode = msgspec.msgpack.Decoder().decode
 INTERRUPT = signal.SIGUSR1  # a terminate asks the child running that task to stop it
 KILL_AFTER_S = 3.0  # a child that has not stopped its task by then is killed
 _running: str | None = None  # in a child: the id of the task it runs now
+_initialized = False  # in a child: worker_process_init was sent
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -61,7 +69,7 @@ def run_in_child(module: str, qualname: str, payload: bytes, marks: str | None =
     """Entry point in the child process. `marks`: the pool's directory where the child
     notes which task it runs (`<id>` holds its pid) and the parent marks a terminate
     (`<id>.stop`)."""
-    global _running
+    global _running, _initialized
     args, kwargs, request = _decode(payload)
     task_id = request["id"]
     running_file = Path(marks, _file_name(task_id)) if marks else None
@@ -69,7 +77,11 @@ def run_in_child(module: str, qualname: str, payload: bytes, marks: str | None =
         if _stop_file(running_file).exists():  # revoked before it started here
             return _encode({"error": Failure.of(TaskRevoked(f"task {task_id} was revoked"))})
         running_file.write_text(str(os.getpid()))
+    setup_if_configured()  # Django: a task module importing models needs django.setup() first
     target: Any = importlib.import_module(module)
+    if not _initialized:  # after the import: the app module connected its receivers
+        _initialized = True
+        worker_process_init.send(sender=None)
     for part in qualname.split("."):
         target = getattr(target, part)
     token = current_request.set(Request(**request, called_directly=False))
@@ -112,11 +124,26 @@ def unpack_answer(data: bytes) -> dict[str, Any]:
 
 
 class ProcessPool:
-    """A spawn-context pool that can be torn down when a task hits its hard time limit."""
+    """Spawned child processes, replaced one by one after `max_tasks_per_child` tasks or
+    past `max_memory_per_child_kib`, and all at once when a task hits its hard time limit."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child_kib: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_tasks_per_child", max_tasks_per_child),
+            ("max_memory_per_child", max_memory_per_child_kib),
+        ):
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be 1 or more, not {value}")
         self._size = size
-        self._pool: ProcessPoolExecutor | None = None
+        self._max_tasks = max_tasks_per_child
+        self._max_memory_kib = max_memory_per_child_kib
+        self._pool: ChildProcesses | None = None
         self._marks: str | None = None
 
     @property
@@ -146,28 +173,30 @@ class ProcessPool:
         asyncio.get_running_loop().call_later(KILL_AFTER_S, kill_if_stuck)
 
     @property
-    def executor(self) -> ProcessPoolExecutor:
+    def executor(self) -> Executor:
         if self._pool is None:
             # imported with the first process task: multiprocessing costs a worker 4 MB
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(
-                self._size,
+            start_child = partial(
+                ProcessPoolExecutor,
+                1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
+            self._pool = ChildProcesses(
+                self._size, start_child, max_tasks=self._max_tasks,
+                max_memory_kib=self._max_memory_kib,
+            )  # fmt: skip
         return self._pool
 
     def kill(self) -> None:
-        """End every child now (a hard time limit): tasks sharing the pool are redelivered."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        """End every child now (a hard time limit): tasks running in them are redelivered;
+        those still waiting for a child run in the new ones."""
+        if self._pool is not None:
+            self._pool.kill()
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -27,10 +27,14 @@ from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES, Consumer
 from ..events import Dispatcher
 from ..exceptions import AiotqError, ConfigurationError, Transient
+from ..mapping import BUILTIN
+from ..request import worker_loop
+from ..signals import worker_init, worker_ready, worker_shutdown
 from ..urls import mask_password
 from .control import ControlListener
 from .execute import Executor
 from .outcome import Outcome, Settle
+from .pools import apply_pool
 from .presence import Announcer, rss_bytes
 from .publisher import ResultPublisher
 from .recorder import HistoryRecorder
@@ -72,7 +76,8 @@ class Worker:
         self.prefetch = self.concurrency * (
             prefetch_multiplier or settings.worker_prefetch_multiplier
         )
-        self.threads = threads or settings.worker_threads
+        # Celery's --pool / worker_pool: where sync tasks without an executor of their own run
+        self.threads = threads or apply_pool(app, settings.worker_pool) or settings.worker_threads
         self.processes = processes or settings.worker_processes or os.cpu_count() or 1
         self.shutdown_timeout_s = (
             shutdown_timeout_s
@@ -120,6 +125,9 @@ class Worker:
     async def run(self) -> None:
         settings = self.app.conf.settings
         broker, backend = self.app.broker, self.app.backend
+        worker_loop.set(asyncio.get_running_loop())  # inherited by every task and thread
+        if worker_init.has_receivers():
+            await worker_init.asend(sender=self)
         await self._connect(broker, settings.broker_connection_retry_on_startup)
         await self._connect(backend, settings.broker_connection_retry_on_startup)
         dispatcher = Dispatcher(broker, self.hostname, keep=settings.event_keep,
@@ -135,7 +143,9 @@ class Worker:
         if metrics is not None:
             sinks.append(metrics.feed)
         task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max, sinks)
-        executor = Executor(self.app, self.hostname, self.threads, self.processes, task_events)
+        executor = Executor(
+            self.app, self.hostname, self.threads, self.processes, task_events, sender=self
+        )
         metrics_server = self._serve_metrics(metrics, executor) if metrics is not None else None
         control = ControlListener(self, executor)
         publisher = ResultPublisher(
@@ -183,6 +193,8 @@ class Worker:
                     self.ready.set()
                     log.info("%s ready.", self.hostname)
                     self._worker_event(dispatcher, executor, "worker-online")
+                    if worker_ready.has_receivers():
+                        await worker_ready.asend(sender=self)
                 heartbeats = group.create_task(
                     self._heartbeats(dispatcher, executor), name="heartbeat-events"
                 )
@@ -217,6 +229,8 @@ class Worker:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            if worker_shutdown.has_receivers():  # tasks are done; connections still open
+                await worker_shutdown.asend(sender=self)
             executor.close()
             if metrics_server is not None and metrics is not None:
                 metrics.offline()
@@ -346,6 +360,8 @@ class Worker:
         with acks_late=False), which must happen before it runs."""
         accepted = executor.accept(delivery)
         if isinstance(accepted, Outcome):
+            if accepted.notify is not None:  # task_revoked for one that will not run
+                await accepted.notify()
             return [accepted]
         if accepted.settle is Settle.NONE:
             await delivery.ack()
@@ -473,7 +489,9 @@ class Worker:
 
     def _log_banner(self) -> None:
         settings = self.app.conf.settings
-        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        # Celery's banner leaves its built-ins (celery.map...) out; so does this one
+        mine = sorted(name for name in self.app.tasks if not name.startswith(BUILTIN))
+        tasks = "\n".join(f"  . {name}" for name in mine) or "  (none)"
         queues = "\n".join(f".> {q}" for q in self.queues)
         broker_url = mask_password(self.app.broker.url)
         backend_url = mask_password(self.app.backend.url)
