@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, kw_only=True):
     task_default_routing_key: str | None = None
     broker_queue_type: Literal["classic", "quorum"] = "classic"  # RabbitMQ
     task_acks_late: bool = True
+    # Celery's wire protocol (issue: one queue at a time from Celery): "celery" makes the
+    # broker and result backend speak kombu's message formats and Celery's result format, so
+    # a Celery producer or worker shares the queues and results (docs/migrating-from-celery)
+    task_protocol: Literal["aiotq", "celery"] = "aiotq"
     task_track_started: bool = False
     task_ignore_result: bool = False
     # Celery's result_extended: name, args, kwargs, worker and queue stored with the result
@@ -96,6 +100,9 @@ class Settings(msgspec.Struct, kw_only=True):
     producer_metrics: bool = False  # count celery_task_sent_total where tasks are sent
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
+    # rate_limit across every worker of the app ("global": a token bucket in the result
+    # backend's coordinator) or within each worker process ("worker", Celery's meaning)
+    rate_limit_scope: Literal["worker", "global"] = "worker"
     # Celery's broker_transport_options: visibility_timeout, max_connections, socket_timeout
     # and socket_connect_timeout set aiotq's settings (unless set by name); other keys are
     # accepted and ignored (each broker has its own settings here)
