@@ -81,6 +81,7 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
     "task_queues": "task_queues",
     "celery_queues": "task_queues",
     "task_reject_on_worker_lost": "task_reject_on_worker_lost",
+    "task_protocol": "task_protocol",
     "celery_reject_on_worker_lost": "task_reject_on_worker_lost",
     "task_routes": "task_routes",
     "celery_routes": "task_routes",
@@ -254,8 +255,8 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
         "give the task a rate_limit, or every task: task_annotations = {'*': {'rate_limit': ...}}",
     ),
     **_unsupported(
-        "task_protocol celery_task_protocol",
-        "aiotq's messages are its own versioned record",
+        "celery_task_protocol",
+        "the old name of task_protocol: set task_protocol = 'celery' to speak Celery's messages",
     ),
     **_unsupported(
         "task_publish_retry celery_task_publish_retry task_publish_retry_policy "

@@ -236,6 +236,11 @@ def check_value(name: str, value: Any, written: str | None = None) -> Any:
             f"setting {shown} = {value!r}: aiotq always keeps a pool of connections; "
             f"give its size (1 or more), or leave it out"
         )
+    if name == "task_protocol" and isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigurationError(
+            f"setting {shown} = {value!r} is Celery's message version; aiotq sends its own"
+            f" messages (task_protocol = 'aiotq'), or Celery's (version 2) with 'celery'"
+        )
     if FIELDS[name] is not Any:
         try:
             value = msgspec.convert(value, FIELDS[name], strict=False)
