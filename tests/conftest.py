@@ -166,6 +166,8 @@ def background_delay(amqp_session_url: str) -> Iterator[BackgroundDelay]:
         amqp_session_url, "-Q", "long-delay", env={"AIOTQ_RESULT_BACKEND": "memory://"}
     ).ready()
     producer = App("delay", broker=amqp_session_url, backend="memory://")
+    # a short one first opens the connection and declares the delay levels before `due`
+    producer.send_task("e2e.now", queue="long-delay", countdown=1)
     due = time.time() + 90
     result = producer.send_task("e2e.now", queue="long-delay", countdown=90)
     producer.close()

@@ -22,20 +22,38 @@ from aiotq.brokers.sqlite import SqliteBroker
 pytestmark = pytest.mark.both_loops
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
-async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+@contextlib.asynccontextmanager
+async def connected(
+    request: pytest.FixtureRequest, tmp_path: Path, visibility_s: float
+) -> AsyncIterator[object]:
     if request.param == "memory":
         instance: object = MemoryBroker()
     elif request.param == "amqp":
         instance = AmqpBroker(request.getfixturevalue("amqp_session_url"))
     elif request.param == "sqlite":
-        instance = SqliteBroker(f"sqlite:///{tmp_path}/broker.db", visibility_timeout_s=1.0)
+        instance = SqliteBroker(
+            f"sqlite:///{tmp_path}/broker.db", visibility_timeout_s=visibility_s
+        )
     else:
         url = request.getfixturevalue("redis_url")
-        instance = RedisBroker(url, visibility_timeout_s=1.0)
+        instance = RedisBroker(url, visibility_timeout_s=visibility_s)
     await instance.connect()  # type: ignore[attr-defined]
     yield instance
     await instance.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    # nothing renews a lease here (no tick): a delivery held past it would be taken over
+    async with connected(request, tmp_path, visibility_s=3.0) as instance:
+        yield instance
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
+async def lapsing_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    """A short visibility timeout, for the test of a take-over."""
+    async with connected(request, tmp_path, visibility_s=1.0) as instance:
+        yield instance
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -202,7 +220,8 @@ async def test_closing_consumer_returns_unhanded_messages(broker, queue) -> None
         await delivery.ack()
 
 
-async def test_unacked_delivery_comes_back_when_its_holder_goes(broker, queue) -> None:
+async def test_unacked_delivery_comes_back_when_its_holder_goes(lapsing_broker, queue) -> None:
+    broker = lapsing_broker
     await broker.declare([queue])
     await broker.publish(queue, b"orphan", {})
     [held] = await take(broker, [queue], 1)

@@ -20,7 +20,7 @@ from aiotq import App, TaskRevoked
 from .apps import build
 from .workerproc import ROOT, WorkerProcess
 
-HEARTBEAT_S = "0.3"
+HEARTBEAT_S = "1.0"  # a record outlives 3 s: a stalled live worker stays listed
 
 
 @dataclass

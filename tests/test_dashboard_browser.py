@@ -184,7 +184,8 @@ def test_pages_load_and_screenshots(site: Site) -> None:
     for result in [*sent, failed]:
         finished(site, result.id)
     site.producer.send_task("e2e.nowhere", ("a task no worker knows",))  # a dead letter
-    sleeper = site.producer.send_task("e2e.sleep", (3, "for the picture"))
+    # long enough to still run when /workers loads on a slow machine; stopped at the end
+    sleeper = site.producer.send_task("e2e.sleep", (30, "for the picture"))
     pages = (
         ("overview", "/", "#overview-charts svg"),
         ("workers", "/workers", f'tr[data-active="{sleeper.id}"]'),
@@ -194,18 +195,22 @@ def test_pages_load_and_screenshots(site: Site) -> None:
         (None, "/beat", "#beat-leader"),
         (None, "/settings", "#settings-table"),
     )
-    for name, path, marker in pages:
-        driver.get(base + path)
+    try:
+        for name, path, marker in pages:
+            driver.get(base + path)
 
-        def shown(d: Any, css: str = marker) -> bool:
-            if all_css(d, css):
-                return True
-            d.refresh()  # the worker may not hold it or have dead-lettered it yet
-            return False
+            def shown(d: Any, css: str = marker) -> bool:
+                if all_css(d, css):
+                    return True
+                d.refresh()  # the worker may not hold it or have dead-lettered it yet
+                return False
 
-        wait(driver, shown)
-        if name is not None:
-            shoot(driver, name)
+            wait(driver, shown)
+            if name is not None:
+                shoot(driver, name)
+    finally:
+        sleeper.revoke(terminate=True)
+    finished(site, sleeper.id)
     driver.get(base + "/")
     wait(driver, lambda d: "on" in by_css(d, "#live-status").get_attribute("class"))
 
@@ -239,8 +244,10 @@ def test_retry_creates_a_new_task_that_succeeds(site: Site) -> None:
     wait(driver, lambda d: "/tasks/" in d.current_url and original.id not in d.current_url)
     new_id = driver.current_url.rsplit("/", 1)[1]
     assert site.producer.AsyncResult(new_id).get(timeout=15) == 42
-    # the open page turns SUCCESS by itself (live update), no reload
-    wait(driver, lambda d: "SUCCESS" in by_css(d, "#task-state").text, timeout=20)
+    # the open page shows the result by itself (live update), no reload; the result backend
+    # can say SUCCESS before the history has the record (and so the result) for the page
+    wait(driver, lambda d: all_css(d, "#task-result"), timeout=20)
+    assert "SUCCESS" in by_css(driver, "#task-state").text
     assert by_css(driver, "#task-result").text == "42"
 
 

@@ -16,6 +16,7 @@ import redis
 from aiotq import App, TaskRevoked, TimeLimitExceeded
 
 from .apps import build
+from .conftest import wait_for
 from .workerproc import ROOT, Start, workers_on
 
 
@@ -40,7 +41,9 @@ def test_tasks_of_every_kind_from_sync_code(app: App, start: Start) -> None:
     assert child_pid not in (os.getpid(), worker.proc.pid)
     info = app.send_task("e2e.whoami", task_id="known-id").get(timeout=10)
     assert info["id"] == "known-id" and info["pid"] == worker.proc.pid
-    assert worker.count(r"Task e2e\.add\[[0-9a-f-]+\] succeeded in [0-9.]+s: 5$") == 1
+    logged = r"Task e2e\.add\[[0-9a-f-]+\] succeeded in [0-9.]+s: 5$"
+    wait_for(lambda: worker.count(logged) >= 1, 5)  # the log comes through a reader thread
+    assert worker.count(logged) == 1
 
 
 async def test_async_producer_and_result_api(app: App, start: Start) -> None:

@@ -4,6 +4,7 @@ monitor that starts late (Redis, SQLite), bounded when nobody listens."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from aiotq import App
 from aiotq.testing import run_worker
 
 from .apps import build
+from .conftest import async_wait_for
 from .test_control import Setup, setup  # noqa: F401  (the fixture: every broker)
 from .workerproc import ROOT, WorkerProcess
 
@@ -64,30 +66,30 @@ async def test_a_monitor_started_after_the_worker_sees_100_lifecycles_in_order(
     app = build(setup.broker, setup.results)
     add = app.tasks["e2e.add"]
     replays = not setup.broker.startswith("amqp")
+    seen: list[dict[str, Any]] = []
     listening = None
     if not replays:  # RabbitMQ keeps no past: a monitor hears what comes after it binds
-        ready = asyncio.Event()
 
-        async def listen() -> list[dict[str, Any]]:
-            seen: list[dict[str, Any]] = []
-            stream = app.events.receive()
-            first = asyncio.ensure_future(stream.__anext__())
-            await asyncio.sleep(0.3)  # subscribed by then (the first read has started)
-            ready.set()
-            seen.append(await first)
-            async for event in stream:
+        async def listen() -> None:
+            async for event in app.events.receive():
                 seen.append(event)
-                if sum(e["type"] == "task-succeeded" for e in seen) >= 100:
-                    break
-            await stream.aclose()  # type: ignore[attr-defined]
-            return seen
 
         listening = asyncio.ensure_future(listen())
-        await ready.wait()
+        async with asyncio.timeout(20):  # subscribed once an event comes through
+            while not seen:
+                await (await add.send(0, 0)).get(timeout=20)
+                await asyncio.sleep(0.05)
     results = [await add.send(n, n) for n in range(100)]
     assert [await r.get(timeout=20) for r in results] == [2 * n for n in range(100)]
     if listening is not None:
-        events = await asyncio.wait_for(listening, 20)
+        ids = {r.id for r in results}
+        await async_wait_for(
+            lambda: ids <= {e.get("uuid") for e in seen if e["type"] == "task-succeeded"}, 20
+        )
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        events = seen
     else:
         events = await collect(
             app, lambda seen: sum(e["type"] == "task-succeeded" for e in seen) >= 100, replay=True

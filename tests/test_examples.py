@@ -74,7 +74,7 @@ def test_retry_div(tmp_path: Path) -> None:
 def test_periodic(tmp_path: Path) -> None:
     os.environ["PERIODIC_EVERY_S"] = "0.5"  # the 30-second entry, shortened for the test
     try:
-        out = run_example("periodic", tmp_path, args=("2.5",))
+        out = run_example("periodic", tmp_path, args=("4",))  # room for a slow start
     finally:
         del os.environ["PERIODIC_EVERY_S"]
     assert "mul-on-weekday-mornings: <crontab: 30 7 * * mon-fri>, next at" in out

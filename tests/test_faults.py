@@ -143,10 +143,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_lives(
 def test_a_live_worker_keeps_a_task_longer_than_the_visibility_timeout(
     app: App, start: Callable[..., WorkerProcess]
 ) -> None:
-    first = start(visibility_s=1)
-    result = app.send_task("e2e.sleep", (3.5, "long"))
+    first = start(visibility_s=2)  # leases renewed every tick: room for a starved worker
+    result = app.send_task("e2e.sleep", (4.5, "long"))  # more than twice the timeout
     first.wait_for_log(r"e2e\.sleep\[.*\] received")
-    second = start(visibility_s=1)  # would take it over if the lease lapsed
+    second = start(visibility_s=2)  # would take it over if the lease lapsed
     assert result.get(timeout=20) == "long"
     received = sum(w.count(r"e2e\.sleep\[.*\] received") for w in (first, second))
     assert received == 1, first.log + second.log

@@ -27,7 +27,8 @@ async def test_a_revoked_chain_member_stops_the_rest() -> None:
     app = make_app()
     add = app.tasks["rv.add"]
     async with run_worker(app):
-        last = await chain(add.s(1, 1).set(countdown=0.3), add.s(10), add.s(100)).send()
+        # due after the revoke below lands (a second of room): the worker then refuses it
+        last = await chain(add.s(1, 1).set(countdown=1), add.s(10), add.s(100)).send()
         first = last.parent.parent
         await first.revoke()
         with pytest.raises(TaskRevoked):
@@ -41,7 +42,7 @@ async def test_a_chord_with_a_revoked_member_fails_with_that_error() -> None:
     app = make_app()
     add, total = app.tasks["rv.add"], app.tasks["rv.total"]
     async with run_worker(app):
-        members = [add.s(1, 1), add.s(2, 2).set(countdown=0.3)]
+        members = [add.s(1, 1), add.s(2, 2).set(countdown=1)]  # refused when due
         body = await chord(members, total.s()).send()
         revoked_member = body.parent.results[1]
         await revoked_member.revoke()
@@ -53,7 +54,8 @@ async def test_revoking_a_group_revokes_each_member() -> None:
     app = make_app()
     add = app.tasks["rv.add"]
     async with run_worker(app):
-        results = await group(add.s(n, n).set(countdown=0.3) for n in range(3)).send()
+        # never due in the test: the revoke turns each result REVOKED at once
+        results = await group(add.s(n, n).set(countdown=30) for n in range(3)).send()
         await results.revoke()
         for result in results:
             with pytest.raises(TaskRevoked):

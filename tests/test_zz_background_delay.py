@@ -9,7 +9,9 @@ from datetime import datetime
 from .conftest import BackgroundDelay, wait_for
 
 
-def test_the_90_second_delay_ran_within_a_second_of_due(background_delay: BackgroundDelay) -> None:
+def test_the_90_second_delay_ran_within_two_seconds_of_due(
+    background_delay: BackgroundDelay,
+) -> None:
     worker = background_delay.worker
     pattern = re.compile(
         r"^\[(\S+ \S+): INFO/MainProcess\] Task e2e\.now\["
@@ -28,4 +30,4 @@ def test_the_90_second_delay_ran_within_a_second_of_due(background_delay: Backgr
     started = received()
     assert started is not None
     late = started - background_delay.due
-    assert -0.01 <= late <= 1.0, late  # not early, within a second
+    assert -0.01 <= late <= 2.0, late  # not early, within two seconds
