@@ -81,6 +81,21 @@ def app_packages(entries: Iterable[str]) -> list[str]:
     return [by_class.get(name, name) for name in names]
 
 
+def close_old_connections() -> None:
+    """Celery's fixup, before and after each task: the calling thread's database connections
+    that are broken or past CONN_MAX_AGE are closed, so a task never gets one a database
+    restart (or a long idle) has killed. Django's connections are per thread, so this runs in
+    the thread (or child) that runs the task."""
+    from django import db  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    db.close_old_connections()
+
+
+def in_use() -> bool:
+    """Whether this process uses Django (its apps are set up): read once by a worker."""
+    return _apps_ready()
+
+
 def _apps_ready() -> bool:
     return _app_configs() is not None
 

@@ -247,3 +247,20 @@ def test_prefork_children_set_django_up(project: Project) -> None:
         assert isinstance(result.get(timeout=20), int)
     finally:
         worker.stop()
+
+
+def test_stale_connections_are_closed_around_each_task(project: Project) -> None:
+    """Celery's fixup: with CONN_MAX_AGE 0 the connection a task opened is closed after it,
+    so the next task in the same thread starts without it (a restarted database never hands
+    a task a dead connection)."""
+    from demoapp.tasks import connection_was_open
+
+    worker = WorkerProcess(None, "--threads", "1", "-Q", "one-thread", env=project.env,
+                           app="proj")  # fmt: skip
+    try:
+        worker.ready()
+        first = connection_was_open.apply_async(queue="one-thread").get(timeout=20)
+        second = connection_was_open.apply_async(queue="one-thread").get(timeout=20)
+        assert (first, second) == (False, False)
+    finally:
+        worker.stop()

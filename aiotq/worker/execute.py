@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import trace
+from .. import django_fixup, trace
 from ..backends.base import reply_routing
 from ..exceptions import (
     DeliveryLimitExceeded,
@@ -97,6 +97,7 @@ class Executor:
         publish = app.producer.publish_message
         self.decide = Decide(self.settings, FollowUps(app), publish, hostname)
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
+        self.django = django_fixup.in_use()  # Celery's fixup: close stale DB connections
         self.processes = ProcessPool(
             processes,
             max_tasks_per_child=self.settings.worker_max_tasks_per_child,
@@ -447,7 +448,8 @@ class Executor:
         loop = asyncio.get_running_loop()
         if task.executor == "thread":
             call = contextvars.copy_context().run
-            future = loop.run_in_executor(self.threads, call, _call, task, message)
+            run = _call_with_django if self.django else _call
+            future = loop.run_in_executor(self.threads, call, run, task, message)
             return await with_limits(future, hard)
         from concurrent.futures.process import BrokenProcessPool  # with the pool: 4 MB
 
@@ -481,6 +483,16 @@ async def _updates_stored(request: Request, label: str) -> None:
 
 def _call(task: Task[Any, Any], message: Message) -> Any:
     return task(*message.args, **message.kwargs)
+
+
+def _call_with_django(task: Task[Any, Any], message: Message) -> Any:
+    """Celery's Django fixup around a sync task: stale connections of this thread closed
+    before and after it."""
+    django_fixup.close_old_connections()
+    try:
+        return task(*message.args, **message.kwargs)
+    finally:
+        django_fixup.close_old_connections()
 
 
 def _answer_value(answer: dict[str, Any]) -> Any:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..django_fixup import setup_if_configured
+from ..django_fixup import close_old_connections, setup_if_configured
 from ..exceptions import ConfigurationError, Retry, TaskRevoked
 from ..protocol import Failure
 from ..request import Request, current_request
@@ -77,7 +77,7 @@ def run_in_child(module: str, qualname: str, payload: bytes, marks: str | None =
         if _stop_file(running_file).exists():  # revoked before it started here
             return _encode({"error": Failure.of(TaskRevoked(f"task {task_id} was revoked"))})
         running_file.write_text(str(os.getpid()))
-    setup_if_configured()  # Django: a task module importing models needs django.setup() first
+    django = setup_if_configured()  # Django: a task module importing models needs it first
     target: Any = importlib.import_module(module)
     if not _initialized:  # after the import: the app module connected its receivers
         _initialized = True
@@ -87,10 +87,14 @@ def run_in_child(module: str, qualname: str, payload: bytes, marks: str | None =
     token = current_request.set(Request(**request, called_directly=False))
     try:
         _running = task_id
+        if django:
+            close_old_connections()  # Celery's fixup, before and after each task
         try:
             value = target(*args, **kwargs)  # a Task passes itself first when bound
         finally:
             _running = None
+            if django:
+                close_old_connections()
         return _encode({"ok": value})
     except Retry as retry:
         cause = Failure.of(retry.exc) if retry.exc is not None else None

@@ -21,3 +21,14 @@ def process_order(order_id: int) -> str:
 @shared_task
 def count_orders() -> int:
     return Order.objects.count()
+
+
+@shared_task
+def connection_was_open() -> bool:
+    """Whether this thread's database connection was still open when the task began (the
+    worker closes stale ones around each task, as Celery's Django fixup does)."""
+    from django.db import connection
+
+    was_open = connection.connection is not None
+    Order.objects.exists()  # opens it (a task that uses the ORM)
+    return was_open
