@@ -8,7 +8,7 @@ import asyncio
 import functools
 import importlib
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
@@ -23,7 +23,7 @@ from .control import Control
 from .events import Events
 from .exceptions import ConfigurationError
 from .mapping import register_builtins
-from .producer import Producer, Wiring
+from .producer import Producer, Wiring, call_pairs
 from .protocol import CODECS
 from .routing import Topology
 from .schedules import Entry, crontab, schedule_of
@@ -350,6 +350,32 @@ class App:
     ) -> _result.AsyncResult[Any]:
         task_id = await self.producer.send(name, tuple(args or ()), dict(kwargs or {}), options)
         return _result.AsyncResult(task_id, self.producer, task_name=name)
+
+    def send_many(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        **options: Any,
+    ) -> list[_result.AsyncResult[Any]]:
+        """Send many calls of one task by name in one pipeline (sync; `asend_many` awaits)."""
+        return self.producer.call(self.asend_many(name, calls, **options))
+
+    async def asend_many(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        **options: Any,
+    ) -> list[_result.AsyncResult[Any]]:
+        """`Task.send_many` by name: every call checked first (an error names the index of
+        the bad one), then all published at once; their handles, in order."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return await task.send_many(calls, **options)
+        pairs = call_pairs(name, calls, options)
+        ids = await self.producer.send_many(
+            [(name, args, kwargs, options, None) for args, kwargs in pairs]
+        )
+        return [_result.AsyncResult(task_id, self.producer, task_name=name) for task_id in ids]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from .producer import HasProducer, Producer, producer_of
+from .producer import Call, HasProducer, Producer, producer_of
 from .protocol import ChordRef, SignatureData, chord_ref, group_meta_key, signature_list
 from .result import AsyncResult, GroupResult
 
@@ -187,12 +187,17 @@ class Signature:
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
         """Send it; extra args (a parent's result) are prepended unless it is immutable."""
+        producer = self._app()
+        task_id = await producer.send(*self._call(args, kwargs, options))
+        return AsyncResult(task_id, producer, task_name=self.task)
+
+    def _call(
+        self, args: Sequence[Any], kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> Call:
+        """What sending it sends: (name, args, kwargs, options, task)."""
         call_args = self.args if self.immutable else (*args, *self.args)
         call_kwargs = self.kwargs if self.immutable else {**self.kwargs, **(kwargs or {})}
-        options = _plain_options({**self.options, **options})
-        producer = self._app()
-        task_id = await producer.send(self.task, call_args, call_kwargs, options)
-        return AsyncResult(task_id, producer, task_name=self.task)
+        return self.task, call_args, call_kwargs, _plain_options({**self.options, **options}), None
 
 
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -408,8 +413,7 @@ class group(_Canvas):
         result = self.freeze()
         if outer is None:
             rest["group_id"] = result.id
-            for member in self.tasks:
-                await member.aapply_async(args, kwargs, **_without_id(rest))
+            await self._send_all(args, kwargs, _without_id(rest))
             return result
         # One member of an outer chord: collect our own results under our id, then count.
         if not self.tasks:
@@ -426,7 +430,25 @@ class group(_Canvas):
         shared = {**_without_id(options), "group_id": ref.group_id}
         for member in self.tasks:
             member._report_to(ref)
-            await member.aapply_async(args, kwargs, **shared)
+        await self._send_all(args, kwargs, shared)
+
+    async def _send_all(
+        self, args: Sequence[Any], kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> None:
+        """Members in order: runs of plain task calls in one batch each (`send_many`: one
+        pipeline, not a round trip per member); a nested chain or chord is applied alone."""
+        producer = self._app()
+        batch: list[Call] = []
+        for member in self.tasks:
+            if type(member) is Signature and member.producer is producer:
+                batch.append(member._call(args, kwargs, options))
+                continue
+            if batch:
+                await producer.send_many(batch, "group member")
+                batch = []
+            await member.aapply_async(args, kwargs, **options)
+        if batch:
+            await producer.send_many(batch, "group member")
 
 
 class chord(_Canvas):

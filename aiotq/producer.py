@@ -13,7 +13,7 @@ import functools
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import msgspec
 
 from ._portal import Portal
+from .brokers.base import Outgoing
 from .events import send_sent
 from .exceptions import ConfigurationError
 from .protocol import CODECS, Message, chord_ref, signature_list
@@ -58,6 +59,16 @@ class Wiring:
     replies: ReplyRouting | None = None  # rpc://: results go to the caller's own queue
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A checked, routed call, ready to encode."""
+
+    message: Message
+    serializer: str | None
+    queues: list[str]
+    exchange: str | None
+
+
 class Registered(Protocol):
     """What the send path reads of a registered task (task.py's `Task`)."""
 
@@ -66,6 +77,10 @@ class Registered(Protocol):
     priority: int | None
 
     def check_call(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None: ...
+
+
+# one call for `send_many`: (task name, args, kwargs, options, the registered task or None)
+Call = tuple[str, Sequence[Any], dict[str, Any], dict[str, Any], Registered | None]
 
 
 class Producer:
@@ -105,6 +120,65 @@ class Producer:
         task: Registered | None = None,
     ) -> str:
         """Check, route, encode and publish one task call; return its id."""
+        out = await self._prepare(name, args, kwargs, options, task)
+        message, publishes = await self._encoded(
+            out.message, out.serializer, out.queues, out.exchange
+        )
+        exchange = out.exchange
+        del out  # nothing of the message but its id is kept while the broker confirms...
+        keep = after_task_publish.has_receivers() or self._follow_ups
+        task_id, kept = message.id, message if keep else None
+        del message  # ...unless something after the publish needs it
+        publish = self.wiring.broker.publish
+        for queue, body, headers, delay_s, priority in publishes:
+            await publish(queue, body, headers, delay_s=delay_s, priority=priority)
+        if kept is not None:
+            await self._published(kept, exchange)
+            await self._sent(kept)
+        return task_id
+
+    @property
+    def _follow_ups(self) -> bool:
+        """Whether a sent message is counted or announced (metrics, task-sent events)."""
+        settings = self.wiring.settings
+        return settings.producer_metrics or settings.task_send_sent_event
+
+    async def send_many(self, calls: Sequence[Call], what: str = "send_many: item") -> list[str]:
+        """Check every call first (an error names the index of the bad one, as `what N`, and
+        nothing is sent), then publish them all in one pipeline (`Broker.publish_many`): the
+        whole batch is as safe as one send once this returns. Returns their ids, in order."""
+        prepared: list[_Outgoing] = []
+        for index, (name, args, kwargs, options, task) in enumerate(calls):
+            try:
+                prepared.append(await self._prepare(name, args, kwargs, options, task))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{what} {index}: {exc}") from None
+        outgoing: list[Outgoing] = []
+        messages: list[Message] = []
+        for index, out in enumerate(prepared):
+            try:
+                message, publishes = await self._encoded(
+                    out.message, out.serializer, out.queues, out.exchange
+                )
+            except TypeError as exc:
+                raise TypeError(f"{what} {index}: {exc}") from None
+            messages.append(message)
+            outgoing.extend(publishes)
+        await self.wiring.broker.publish_many(outgoing)
+        for message, out in zip(messages, prepared, strict=True):
+            await self._published(message, out.exchange)
+            await self._sent(message)
+        return [message.id for message in messages]
+
+    async def _prepare(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        task: Registered | None,
+    ) -> _Outgoing:
+        """Check and route one call into its Message (nothing is sent)."""
         unknown = set(options) - SEND_OPTIONS
         if unknown:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
@@ -121,8 +195,9 @@ class Producer:
         task_id = opt.get("task_id") or str(uuid.uuid4())
         countdown = opt.get("countdown")
         eta_at_s = _epoch(opt.get("eta"), relative=False)
+        now = time.time()
         if countdown is not None:
-            eta_at_s = time.time() + float(countdown)
+            eta_at_s = now + float(countdown)
         expires = opt.get("expires", task.expires if task else None)
         queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
         targets = wiring.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
@@ -150,21 +225,22 @@ class Producer:
             queue=targets[0],
             routing_key=opt.get("routing_key"),
             headers=dict(opt.get("headers") or {}),
-            sent_at_s=time.time(),
+            sent_at_s=now,
         )
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
-        await self.publish_message(
-            message, serializer=opt.get("serializer"), queues=targets, exchange=opt.get("exchange")
-        )
+        return _Outgoing(message, opt.get("serializer"), targets, opt.get("exchange"))
+
+    async def _sent(self, message: Message) -> None:
+        """What follows a send that left: the sent counter and the task-sent event."""
+        settings = self.wiring.settings
         if settings.producer_metrics:
-            _sent_total().labels(name, _HOSTNAME, message.queue or "").inc()
+            _sent_total().labels(message.task, _HOSTNAME, message.queue or "").inc()
         if settings.task_send_sent_event:
             await send_sent(
-                wiring.broker, message, keep=settings.event_keep,
+                self.wiring.broker, message, keep=settings.event_keep,
                 ttl_s=settings.event_ttl_s, value_max=settings.event_value_max,
             )  # fmt: skip
-        return task_id
 
     async def publish_message(
         self,
@@ -175,6 +251,23 @@ class Producer:
     ) -> None:
         """Encode and publish to `queues` (default: the message's own queue; a fanout has
         several); the one path for first sends and retries."""
+        message, publishes = await self._encoded(message, serializer, queues, exchange)
+        broker = self.wiring.broker
+        for out in publishes:
+            await broker.publish(
+                out.queue, out.body, out.headers, delay_s=out.delay_s, priority=out.priority
+            )
+        await self._published(message, exchange)
+
+    async def _encoded(
+        self,
+        message: Message,
+        serializer: str | None,
+        queues: Sequence[str],
+        exchange: str | None,
+    ) -> tuple[Message, list[Outgoing]]:
+        """before_task_publish, then the encoded body and headers for each target queue (the
+        tracing span's context rides in the message's headers)."""
         wiring = self.wiring
         if before_task_publish.has_receivers():
             message = await _before_publish(message, exchange)
@@ -182,20 +275,23 @@ class Producer:
         if codec is None:
             raise ConfigurationError(f"unknown serializer {serializer!r}")
         tracing = self._tracing or self.tracing
-        with tracing.publishing(message, message.headers):  # the span's context rides along
+        with tracing.publishing(message, message.headers):
             try:
                 body = codec.encode(message)
             except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
                 raise _encode_error(message, codec.name, exc) from None
-            delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
-            headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
-            if message.priority is not None:
-                headers["priority"] = str(message.priority)
-            assert message.queue is not None
-            for queue in queues or [message.queue]:
-                await wiring.broker.publish(
-                    queue, body, headers, delay_s=delay_s, priority=message.priority
-                )
+        delay_s = max(0.0, message.eta_at_s - time.time()) if message.eta_at_s else 0.0
+        headers = {"content-type": codec.content_type, "id": message.id, "task": message.task}
+        priority = message.priority
+        if priority is not None:
+            headers["priority"] = str(priority)
+        assert message.queue is not None
+        publishes = [
+            Outgoing(queue, body, headers, delay_s, priority) for queue in queues or [message.queue]
+        ]
+        return message, publishes
+
+    async def _published(self, message: Message, exchange: str | None) -> None:
         if after_task_publish.has_receivers():
             await after_task_publish.asend(
                 sender=message.task, body=_body(message), exchange=exchange or "",
@@ -205,6 +301,28 @@ class Producer:
     def close(self, cleanup: Coroutine[Any, Any, None] | None = None) -> None:
         """Close the sync portal, running `cleanup` on its loop first."""
         self.portal.close(cleanup)
+
+
+def call_pairs(
+    name: str, calls: Iterable[Any], options: Mapping[str, Any]
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """`send_many`'s items as (args, kwargs) pairs, or a TypeError naming the bad index."""
+    if "task_id" in options:
+        raise TypeError(f"send_many of {name}: one task_id cannot be shared by every call")
+    pairs = []
+    for index, call in enumerate(calls):
+        if not (
+            isinstance(call, (tuple, list))
+            and len(call) == 2
+            and isinstance(call[0], (tuple, list))
+            and isinstance(call[1], Mapping)
+        ):
+            raise TypeError(
+                f"send_many of {name}: item {index} must be (args, kwargs), e.g. ((1, 2), {{}}),"
+                f" got {call!r:.80}"
+            )
+        pairs.append((tuple(call[0]), dict(call[1])))
+    return pairs
 
 
 class HasProducer(Protocol):

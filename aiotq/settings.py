@@ -100,7 +100,7 @@ class Settings(msgspec.Struct, kw_only=True):
     producer_metrics: bool = False  # count celery_task_sent_total where tasks are sent
     worker_metrics_port: int | None = None  # --metrics-port: Prometheus /metrics per worker
     broker_visibility_timeout_s: float = 60.0
-    # rate_limit across every worker of the app ("global": a token bucket in the result
+    # rate_limit across every worker of the app ("global": GCRA start slots in the result
     # backend's coordinator) or within each worker process ("worker", Celery's meaning)
     rate_limit_scope: Literal["worker", "global"] = "worker"
     # Celery's broker_transport_options: visibility_timeout, max_connections, socket_timeout
@@ -322,6 +322,8 @@ class Config:
             )
         self._explicit.update(pending)
         derived = self._from_transport_options(pending.get("broker_transport_options"))
+        if pending.get("task_protocol") == "celery" and "task_default_queue" not in self._explicit:
+            derived["task_default_queue"] = "celery"  # Celery's default queue: shared as is
         for name, value in {**derived, **pending}.items():
             setattr(self._settings, name, value)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from .drivers._common import amqp_url
 from .envs import ROOT, python_for
+from .targets import rabbitmq_targets
 
 DOCS_IMAGE = ROOT / "docs" / "img" / "benchmarks-latest.png"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,14 +45,17 @@ class System:
     how: str = ""
     broker: str = "redis"  # or "rabbitmq" (results stay in Redis)
     polls_s: float = 0.0  # a default result poll this slow: fewer latency round trips
+    runs: tuple[str, ...] = ("io", "sms", "noop", "latency", "scale")  # its scenarios
 
     @property
     def key(self) -> str:
         return self.label if self.broker == "redis" else f"{self.label} (rabbitmq)"
 
 
+STANDARD = ("io", "sms", "noop", "latency", "scale")
+ALL = ("io", "io-conc", "sms", "noop", "latency", "sends", "scale")
 SYSTEMS = [
-    System("aiotq", "aiotq", "asyncio", 200, how="defaults; -c 200"),
+    System("aiotq", "aiotq", "asyncio", 200, how="defaults; -c 200", runs=ALL),
     System("celery prefork", "celery", "prefork", 8, how="defaults; -P prefork -c 8"),
     System("celery gevent", "celery", "gevent", 200, how="defaults; -P gevent -c 200"),
     System("celery gevent tuned", "celery", "gevent", 200, True,
@@ -65,8 +69,15 @@ SYSTEMS = [
     System("taskiq tuned", "taskiq", "asyncio", 200, True, "result poll 10 ms, pool of 250"),
     System("saq", "saq", "asyncio", 200, how="defaults; concurrency 200"),
     # RabbitMQ: the peers that support it (arq and saq are Redis-only), results in Redis
-    System("aiotq", "aiotq", "asyncio", 200, broker="rabbitmq",
+    System("aiotq", "aiotq", "asyncio", 200, broker="rabbitmq", runs=ALL,
            how="defaults; -c 200; every send waits for RabbitMQ's confirm (persistent)"),
+    System("dramatiq", "dramatiq", "threads", 200, broker="rabbitmq",
+           runs=(*STANDARD[:4], "sends", "scale"),
+           how="defaults; --processes 1 --threads 200; Redis results (a pool of 250);"
+               " sends unconfirmed (dramatiq's default)"),
+    System("raw aio-pika", "raw", "-", 0, broker="rabbitmq", runs=("sends",),
+           how="aio-pika 10 publishing persistent messages to the same queue, each confirmed;"
+               " no worker"),
     System("celery prefork", "celery", "prefork", 8, broker="rabbitmq",
            how="defaults; -P prefork -c 8; sends unconfirmed (Celery's default)"),
     System("celery gevent tuned", "celery", "gevent", 200, True,
@@ -76,11 +87,13 @@ SYSTEMS = [
     System("taskiq tuned", "taskiq", "asyncio", 200, True,
            "qos 200, result poll 10 ms, pool of 250", broker="rabbitmq"),
 ]  # fmt: skip
-QUICK = {"aiotq", "celery prefork", "taskiq tuned", "saq", "aiotq (rabbitmq)"}
+QUICK = {"aiotq", "celery prefork", "taskiq tuned", "saq", "aiotq (rabbitmq)",
+         "dramatiq (rabbitmq)", "raw aio-pika (rabbitmq)"}  # fmt: skip
 
 # scenario -> (tasks full, tasks quick). Celery's rows get fewer tasks (its rates are 10-25x
 # lower, so the same count would take minutes per row); the figures are rates either way.
-SIZES = {"io": (4000, 1000), "sms": (4000, 1000), "noop": (20000, 3000), "latency": (500, 100)}
+SIZES = {"io": (4000, 1000), "io-conc": (4000, 1000), "sms": (4000, 1000),
+         "noop": (20000, 3000), "latency": (500, 100), "sends": (10000, 3000)}  # fmt: skip
 CELERY_SIZES = {"io": (2000, 500), "sms": (2000, 500), "noop": (5000, 2000), "latency": (500, 100)}
 PREFORK_IO = (800, 200)  # about 80 tasks/s at -c 8
 
@@ -138,7 +151,8 @@ def better(a: dict[str, Any] | None, b: dict[str, Any], scenario: str) -> dict[s
         return b
     if "error" in b:
         return a
-    key = {"io": "tasks_per_s", "sms": "tasks_per_s", "noop": "drain_per_s"}.get(scenario)
+    key = {"io": "tasks_per_s", "io-conc": "tasks_per_s", "sms": "tasks_per_s",
+           "noop": "drain_per_s", "sends": "seq_per_s"}.get(scenario)  # fmt: skip
     if key is None:  # latency: the lower p50
         return b if b["p50_ms"] < a["p50_ms"] else a
     return b if b[key] > a[key] else a
@@ -172,8 +186,10 @@ def main() -> None:
     began = time.monotonic()
     try:
         for round_no in range(1, rounds + 1):
-            for scenario in ("io", "sms", "noop", "latency", "scale"):
+            for scenario in ALL:
                 for system in systems:  # in alternation, round after round
+                    if scenario not in system.runs:
+                        continue
                     kind = "noop" if scenario == "scale" else scenario
                     n = size_for(system, kind, args.quick)
                     workers = 2 if scenario == "scale" else 1
@@ -186,11 +202,12 @@ def main() -> None:
         gateway.terminate()
         gateway.wait()
     results = table(best, systems)
+    met = rabbitmq_targets(best, systems)
     RESULTS.mkdir(exist_ok=True)
     name = "quick" if args.quick else "latest"  # a quick run never replaces the full one
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds, "quick": args.quick,
             "seconds": round(time.monotonic() - began), "redis": args.redis,
-            "systems": {s.key: s.how for s in systems}}  # fmt: skip
+            "systems": {s.key: s.how for s in systems}, "targets": met}  # fmt: skip
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
     chart(results, RESULTS / f"{name}.png")
     if name == "latest":  # the docs site shows the last run (it cannot link outside docs/)
@@ -201,6 +218,11 @@ def main() -> None:
 FIGURES = [  # (scenario, figure, unit, higher is better)
     ("io", "tasks_per_s", "tasks/s", True),
     ("io", "of_limit", "of 2,000/s", True),
+    ("io-conc", "tasks_per_s", "tasks/s, sends at once", True),
+    ("io-conc", "of_limit", "of 2,000/s, sends at once", True),
+    ("sends", "seq_per_s", "sends/s, one after another", True),
+    ("sends", "conc_per_s", "sends/s, all at once", True),
+    ("sends", "bulk_per_s", "sends/s, send_many", True),
     ("sms", "tasks_per_s", "tasks/s", True),
     ("noop", "drain_per_s", "tasks/s", True),
     ("noop", "enqueue_per_s", "sends/s", True),

@@ -1,6 +1,7 @@
 """One virtualenv per system under .venv-bench/: the peers pin conflicting versions of redis
-(kombu, arq, taskiq-redis, saq each want their own), so none shares aiotq's environment, and
-aiotq itself runs from a plain `pip install .` (no dev extras), as a user would have it."""
+(kombu, arq, taskiq-redis, saq, dramatiq each want their own), so none shares aiotq's
+environment, and aiotq itself runs from a plain `pip install .` (no dev extras), as a user
+would have it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ PACKAGES = {
     "arq": ["arq>=0.26"],
     "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0", "taskiq-aio-pika>=0.6"],
     "saq": ["saq[redis]>=0.24", "typing_extensions"],
+    "dramatiq": ["dramatiq[rabbitmq,redis]>=2.0"],
+    # raw aio-pika publishing (the RabbitMQ floor the sends are measured against)
+    "raw": ["aio-pika>=9.4", "uvloop>=0.19"],
 }
 
 

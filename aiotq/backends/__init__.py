@@ -21,10 +21,24 @@ def _memory(url: str, settings: Settings, broker: Broker) -> Any:
 
 
 def _redis(url: str, settings: Settings, broker: Broker) -> Any:
+    if settings.task_protocol == "celery":
+        return _celery_redis(url, settings, broker)
     from .redis import RedisBackend
 
     return RedisBackend(
         redis_url(url),
+        pool_size=settings.broker_pool_size,
+        connect_timeout_s=settings.broker_connection_timeout_s,
+        socket_timeout_s=settings.broker_socket_timeout_s,
+    )
+
+
+def _celery_redis(url: str, settings: Settings, broker: Broker) -> Any:
+    from .celery_redis import CeleryRedisBackend
+
+    return CeleryRedisBackend(
+        redis_url(url.removeprefix("celery+")),
+        serializer=settings.result_serializer,
         pool_size=settings.broker_pool_size,
         connect_timeout_s=settings.broker_connection_timeout_s,
         socket_timeout_s=settings.broker_socket_timeout_s,
@@ -50,6 +64,8 @@ SCHEMES = {
     "redis": _redis,
     "rediss": _redis,
     "redis+socket": _redis,
+    "celery+redis": _celery_redis,  # Celery's result format whatever task_protocol says
+    "celery+rediss": _celery_redis,
 }
 
 

@@ -3,8 +3,9 @@
 - `ResultStore` keeps results: opaque bytes per task id, with a TTL, that waiters can watch
   (the result layer encodes and decodes).
 - `Coordinator` keeps what processes agree on: atomic counters (chords), leases (beat's
-  leader) and a small key-value with a TTL (worker presence, durable revokes), in a key space
-  of its own, so a key never meets a result of the same name.
+  leader), a small key-value with a TTL (worker presence, durable revokes) and rate-limit
+  slots (`rate_limit_scope="global"`), in a key space of its own, so a key never meets a
+  result of the same name.
 - `ReplyRouting` is rpc://'s extra: results travel to the caller's own queue instead of
   being kept. Checked once, with `reply_routing()`, never looked up by attribute name.
 
@@ -81,6 +82,17 @@ class Coordinator(Protocol):
         presence, revokes), not for a million keys."""
         ...
 
+    async def reserve(
+        self, key: str, interval_s: float, count: int, horizon_s: float
+    ) -> tuple[int, float]:
+        """A start rate shared by processes (GCRA without burst): atomically reserve up to
+        `count` start slots `interval_s` apart under `key`, after every slot reserved there
+        before, none more than `horizon_s` from now (`reserve_slots` is the arithmetic).
+        Returns (granted, wait_s): the first granted slot is `wait_s` from now and the others
+        follow `interval_s` apart; with granted 0 nothing was reserved, and an ask `wait_s`
+        from now gets a slot. The store's own clock decides, so hosts' clocks may differ."""
+        ...
+
 
 class Backend(ResultStore, Coordinator, Protocol):
     """Both protocols in one object, as memory://, sqlite:// and redis:// are."""
@@ -114,6 +126,19 @@ def make_history(store: ResultStore, max_tasks: int, max_age_s: float) -> Histor
     if max_tasks <= 0 or not isinstance(store, HasHistory):
         return None
     return store.task_history(max_tasks, max_age_s)
+
+
+def reserve_slots(
+    next_s: float, now_s: float, interval_s: float, count: int, horizon_s: float
+) -> tuple[float, int, float]:
+    """`Coordinator.reserve` on a stored next free slot `next_s` (GCRA's theoretical arrival
+    time; in the past when idle, and no burst is saved up then): (the new next free slot,
+    granted, wait_s). Redis does the same in its Lua script."""
+    ahead = max(next_s - now_s, 0.0)
+    if ahead > horizon_s:
+        return next_s, 0, ahead - horizon_s
+    granted = max(1, min(count, int((horizon_s - ahead) / interval_s) + 1))
+    return now_s + ahead + granted * interval_s, granted, ahead
 
 
 def reply_routing(store: ResultStore) -> ReplyRouting | None:

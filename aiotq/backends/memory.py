@@ -1,6 +1,6 @@
 """In-process result backend and coordinator: TTLs, watchers woken on their own loop, atomic
-counters, leases and a key-value, each in a dict of its own. One lock, since the sync portal's
-loop and a worker's may share the object."""
+counters, leases, a key-value and rate-limit slots, each in a dict of its own. One lock, since
+the sync portal's loop and a worker's may share the object."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from .base import reserve_slots
 from .history_memory import MemoryHistory
 
 
@@ -20,6 +21,7 @@ class MemoryBackend:
         self._counters: dict[str, tuple[int, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._values: dict[str, tuple[bytes, float]] = {}  # the coordinator's key-value
+        self._rates: dict[str, float] = {}  # rate key -> next free slot (monotonic)
         self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
         self._history: MemoryHistory | None = None  # one per backend: it is the store itself
 
@@ -127,3 +129,14 @@ class MemoryBackend:
             for key in [k for k, (_, expires) in self._values.items() if expires < now]:
                 del self._values[key]  # expired ones go here, so presence churn cannot grow it
             return {k: v for k, (v, _) in self._values.items() if k.startswith(prefix)}
+
+    async def reserve(
+        self, key: str, interval_s: float, count: int, horizon_s: float
+    ) -> tuple[int, float]:
+        now = time.monotonic()
+        with self._lock:
+            next_s, granted, wait_s = reserve_slots(
+                self._rates.get(key, 0.0), now, interval_s, count, horizon_s
+            )
+            self._rates[key] = next_s  # one entry per rate-limited task name: no sweep
+        return granted, wait_s

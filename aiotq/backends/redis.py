@@ -6,6 +6,8 @@ PUBLISHed on the task's channel. The keys, each kind under its own prefix:
     aiotq:counter:<key>       chord / group counters (INCR + EXPIRE)
     aiotq:lease:<name>        a lease's holder (SET PX, taken and given up by LEASE / RELEASE)
     aiotq:kv:<key>            the coordinator's key-value (SET PX / GET / DEL, SCAN by prefix)
+    aiotq:rate:<key>          a shared rate's next free start slot, in µs of Redis's clock
+                              (RESERVE; it expires a second after that slot)
 
 A waiter reads the key first: a task already finished costs one GET and no subscription
 (a producer collecting many results mostly finds them there). Otherwise it subscribes, then
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from .._backoff import Backoff
 from .._loops import PerLoop
@@ -44,6 +49,21 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Coordinator.reserve (base.reserve_slots' arithmetic) on Redis's clock, so the hosts' clocks
+# may differ. ARGV: interval µs, slots wanted, horizon µs; returns {granted, wait µs}.
+RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, want, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ahead = math.max(tonumber(redis.call('GET', KEYS[1]) or 0) - now, 0)
+if ahead > horizon then return {0, ahead - horizon} end
+local granted = math.max(1, math.min(want, math.floor((horizon - ahead) / interval) + 1))
+local after = ahead + granted * interval
+redis.call('SET', KEYS[1], string.format('%d', now + after), 'PX', math.floor(after / 1000) + 1000)
+return {granted, ahead}
+"""
+RESERVE_SHA = hashlib.sha1(RESERVE.encode()).hexdigest()
 
 
 def result_key(task_id: str) -> str:
@@ -294,3 +314,15 @@ class RedisBackend:
             for key, value in zip(keys, values, strict=True)
             if value is not None
         }
+
+    async def reserve(
+        self, key: str, interval_s: float, count: int, horizon_s: float
+    ) -> tuple[int, float]:
+        args = (max(1, round(interval_s * 1e6)), count, round(horizon_s * 1e6))
+        async with self._clients.guarded(BackendConnectionError):
+            client = self._clients.get()
+            try:  # the script's digest: one short round trip
+                answer: Any = await client.evalsha(RESERVE_SHA, 1, f"aiotq:rate:{key}", *args)
+            except NoScriptError:  # a restarted (or another) server: EVAL also caches it
+                answer = await client.eval(RESERVE, 1, f"aiotq:rate:{key}", *args)
+        return int(answer[0]), int(answer[1]) / 1e6

@@ -1,5 +1,7 @@
 """SQLite result backend and coordinator: results with expiry, watchers woken by a doorbell,
-atomic counters, leases and a key-value (table `kv`, apart from the results).
+atomic counters, leases and a key-value (table `kv`, apart from the results). Rate-limit
+slots (`reserve`) keep their next free slot, in microseconds, as a row of `counters` named
+`rate:<key>` (chord counters are `chord:`/`chord-fired:`), expiring once it is past.
 
 One hub per event loop watches every task id its waiters care about: when a worker in any
 process stores results it rings the "results" doorbell, and the hub reads all watched ids in
@@ -19,6 +21,7 @@ from .._backoff import Backoff
 from .._loops import PerLoop
 from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import AiotqError, BackendError, BackendUnavailable
+from .base import reserve_slots
 from .history_sqlite import SqliteHistory
 
 log = logging.getLogger("aiotq.backend")
@@ -211,6 +214,31 @@ class SqliteBackend:
             return {key: bytes(value) for key, value in rows}
 
         return await self._db.run(read)
+
+    async def reserve(
+        self, key: str, interval_s: float, count: int, horizon_s: float
+    ) -> tuple[int, float]:
+        name = f"rate:{key}"
+
+        def take(connection: sqlite3.Connection) -> tuple[int, float]:
+            with transaction(connection):  # IMMEDIATE: read and write under the write lock
+                now = time.time()  # after the lock is ours: waiting for it costs no slot
+                row = connection.execute(
+                    "SELECT value FROM counters WHERE key = ?", (name,)
+                ).fetchone()
+                next_s, granted, wait_s = reserve_slots(
+                    0.0 if row is None else row[0] / 1e6, now, interval_s, count, horizon_s
+                )
+                if granted:
+                    connection.execute(
+                        "INSERT INTO counters (key, value, expires_ms) VALUES (?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                        " expires_ms = excluded.expires_ms",
+                        (name, int(next_s * 1e6), int(next_s * 1000) + 1000),
+                    )
+            return granted, wait_s
+
+        return await self._db.run(take)
 
 
 class _Hub:

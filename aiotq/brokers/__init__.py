@@ -22,6 +22,8 @@ def _memory(url: str, settings: Settings) -> Any:
 
 
 def _redis(url: str, settings: Settings) -> Any:
+    if settings.task_protocol == "celery":
+        return _celery_redis(url, settings)
     from .redis import RedisBroker
 
     return RedisBroker(
@@ -32,6 +34,12 @@ def _redis(url: str, settings: Settings) -> Any:
         publish_retry_s=settings.broker_publish_retry_s,
         socket_timeout_s=settings.broker_socket_timeout_s,
     )
+
+
+def _celery_redis(url: str, settings: Settings) -> Any:
+    from .celery_redis import celery_redis_broker
+
+    return celery_redis_broker(redis_url(url.removeprefix("celery+")), settings)
 
 
 def _sqlite(url: str, settings: Settings) -> Any:
@@ -45,6 +53,8 @@ def _sqlite(url: str, settings: Settings) -> Any:
 
 
 def _amqp(url: str, settings: Settings) -> Any:
+    if settings.task_protocol == "celery":
+        return _celery_amqp(url, settings)
     from ..routing import queue_arguments
     from .amqp import AmqpBroker
 
@@ -55,6 +65,12 @@ def _amqp(url: str, settings: Settings) -> Any:
         queue_type=settings.broker_queue_type,
         queue_arguments=queue_arguments(settings.task_queues),
     )
+
+
+def _celery_amqp(url: str, settings: Settings) -> Any:
+    from .celery_amqp import celery_amqp_broker
+
+    return celery_amqp_broker(amqp_url(url.removeprefix("celery+")), settings)
 
 
 class Scheme(NamedTuple):
@@ -72,6 +88,11 @@ SCHEMES = {
     "redis": Scheme(_redis),
     "rediss": Scheme(_redis),
     "redis+socket": Scheme(_redis),
+    # Celery's wire protocol whatever task_protocol says (docs/celery-wire.md)
+    "celery+redis": Scheme(_celery_redis),
+    "celery+rediss": Scheme(_celery_redis),
+    "celery+amqp": Scheme(_celery_amqp, results="rpc://"),
+    "celery+amqps": Scheme(_celery_amqp, results="rpc://"),
 }
 
 

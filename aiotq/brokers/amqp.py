@@ -20,26 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from .._backoff import Backoff
 from .._loops import PerLoop
 from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
 from .amqp_bus import AmqpBus
-from .base import Consumer, Delivery, QueueStats, ack_many
+from .amqp_consume import REASON, REQUEUED, Stream, headers_of
+from .amqp_publish import Publication, Writer
+from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
 
 log = logging.getLogger("aiotq.broker")
@@ -47,12 +47,6 @@ log = logging.getLogger("aiotq.broker")
 LEVELS = 22
 DELAY_PREFIX = "aiotq.delay"
 DELIVER = f"{DELAY_PREFIX}.deliver"
-REASON = "x-aiotq-reason"
-REQUEUED = "x-aiotq-requeued"  # a dead letter put back: delivered before
-# Deliveries before this copy. A classic queue only says "redelivered", not how often, so
-# a redelivered message is published again with its count and the original acked.
-DELIVERED = "x-aiotq-delivered"
-RETURNS = "x-delivery-count"  # a quorum queue's own count of returned deliveries
 CONNECTION_ERRORS = (
     aio_pika.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -61,14 +55,8 @@ CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
 )
+_IN_PROPERTIES = frozenset({"id", "content-type"})  # message_id, content_type
 SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RuntimeError)
-
-
-def _number(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
 
 
 def delay_key(seconds: int, queue: str) -> str:
@@ -76,82 +64,20 @@ def delay_key(seconds: int, queue: str) -> str:
     return f"{bits}.{queue}"
 
 
-def _headers_of(message: AbstractIncomingMessage) -> dict[str, str]:
-    headers = {
-        key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        for key, value in (message.headers or {}).items()
-    }
-    if "content-type" not in headers and message.content_type:
-        headers["content-type"] = message.content_type
-    return headers
+def _seconds(delay_s: float) -> int:
+    """A delay in whole seconds, rounded up: a task never starts early."""
+    seconds = math.ceil(delay_s) if delay_s > 0 else 0
+    if seconds >= 2**LEVELS:
+        days = (2**LEVELS) / 86400
+        raise ValueError(f"a delay of {delay_s:.0f}s is past RabbitMQ's longest ({days:.0f} days)")
+    return seconds
 
 
-def _count(headers: Mapping[str, str]) -> int:
-    """This delivery's number: the copies' count before it (classic), or the returns."""
-    return 1 + _number(headers.get(DELIVERED)) + _number(headers.get(RETURNS))
-
-
-def _delivery(message: AbstractIncomingMessage, queue: str, consumer: Consumer[Any]) -> Delivery:
-    headers = _headers_of(message)
-    count = _count(headers)
-    redelivered = bool(message.redelivered) or REQUEUED in headers or count > 1
-    return Delivery(message.body, headers, queue, redelivered, count, message, consumer)
-
-
-class _Subscription:
-    """The primitives of one consume() call: its channel (whose QoS is RabbitMQ's side of
-    the window) and what arrived per queue, handed out taking the queues in turn (fair).
-    A delivery's token is its aio-pika message."""
-
-    def __init__(
-        self, broker: AmqpBroker, link: _Link, channel: AbstractChannel, queues: Sequence[str]
-    ) -> None:
-        self.broker = broker
-        self.link = link
-        self.channel = channel
-        self.buffers: dict[str, deque[Delivery]] = {name: deque() for name in queues}
-        self.turn = itertools.cycle(queues)
-        self.arrived = asyncio.Event()
-
-    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
-        got: list[Delivery] = []
-        while len(got) < room:
-            for _ in range(len(self.buffers)):
-                buffer = self.buffers[next(self.turn)]
-                if buffer:
-                    got.append(buffer.popleft())
-                    break
-            else:
-                break  # every buffer empty
-        if not got:
-            self.arrived.clear()
-            await self.arrived.wait()
-        return got
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            await self._confirm(delivery, delivery.token.ack())
-
-    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
-        if not requeue:  # the reason travels with it, so dead-letter it ourselves
-            headers = {**delivery.headers, REASON: reason}
-            await self.broker._publish_raw(f"{delivery.queue}.dead", delivery.body, headers, None)
-        await self._confirm(delivery, delivery.token.reject(requeue=requeue))
-
-    async def _confirm(self, delivery: Delivery, operation: Any) -> None:
-        try:
-            await operation
-        except SETTLE_ERRORS as exc:  # its channel is gone: RabbitMQ delivers it again
-            log.warning("could not settle %s (%s); RabbitMQ will redeliver it",
-                        delivery.headers.get("id", "?"), exc)  # fmt: skip
-
-    async def drained(self, consumer: Consumer[Any]) -> None:
-        """The last handed-out delivery settled after consuming ended: close the channel,
-        so anything RabbitMQ still had in flight to it goes back at once."""
-        self.link.consumers.discard(consumer)
-        if not self.channel.is_closed:
-            with contextlib.suppress(*SETTLE_ERRORS):
-                await self.channel.close()
+def _queue_of(exc: BaseException, items: list[Publication]) -> str:
+    for note in getattr(exc, "__notes__", ()):
+        if note.startswith("queue: "):
+            return note.removeprefix("queue: ")
+    return items[0].queue if items else "?"
 
 
 @dataclass(eq=False)
@@ -162,7 +88,8 @@ class _Link:
     channel: AbstractChannel
     declared: set[str] = field(default_factory=set)
     delays_declared: bool = False
-    consumers: set[Consumer[_Subscription]] = field(default_factory=set)
+    writer: Writer | None = None  # for the channel's current aiormq channel
+    consumers: set[Consumer[Stream]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -184,6 +111,7 @@ class AmqpBroker:
         self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
         self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
         self._bus = AmqpBus(self, SETTLE_ERRORS)
+        self.settle_errors = SETTLE_ERRORS  # for amqp_consume.py, which cannot import this
 
     def __repr__(self) -> str:
         return f"AmqpBroker({mask_password(self.url)!r})"
@@ -314,13 +242,16 @@ class AmqpBroker:
         delay_s: float = 0.0,
         priority: int | None = None,
     ) -> None:
-        seconds = math.ceil(delay_s) if delay_s > 0 else 0
-        if seconds >= 2**LEVELS:
-            days = (2**LEVELS) / 86400
-            raise ValueError(
-                f"a delay of {delay_s:.0f}s is past RabbitMQ's longest ({days:.0f} days)"
-            )
-        await self._publish_raw(queue, body, headers, priority, seconds)
+        await self._publish_raw(queue, body, headers, priority, _seconds(delay_s))
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Every message framed into one write, their confirms awaited together."""
+        if messages:
+            await self._confirmed(
+                [self._publication(m.queue, m.body, m.headers, m.priority, _seconds(m.delay_s))
+                 for m in messages],
+                {(m.queue, m.delay_s > 0) for m in messages},
+            )  # fmt: skip
 
     async def _publish_raw(
         self,
@@ -330,33 +261,49 @@ class AmqpBroker:
         priority: int | None,
         delay_s: int = 0,
     ) -> None:
-        """Publish to `queue` (after `delay_s` seconds) and wait for the confirm; retry on
-        connection errors within `publish_retry_s`, then name the problem."""
-        message = aio_pika.Message(
-            body,
-            headers=dict(headers),
-            content_type=headers.get("content-type"),
-            message_id=headers.get("id"),
-            priority=priority,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        """Publish to `queue` (after `delay_s` seconds) and wait for the confirm."""
+        item = self._publication(queue, body, headers, priority, delay_s)
+        await self._confirmed([item], ((queue, delay_s > 0),))
+
+    @staticmethod
+    def _publication(
+        queue: str, body: bytes, headers: Mapping[str, str], priority: int | None, delay_s: int
+    ) -> Publication:
+        if delay_s:
+            exchange, key = f"{DELAY_PREFIX}.{LEVELS - 1}", delay_key(delay_s, queue)
+        else:
+            exchange, key = "", queue
+        # the id and content type travel as the message's properties, not twice in headers
+        table = {k: v for k, v in headers.items() if k not in _IN_PROPERTIES}
+        return Publication(queue, exchange, key, body, table, headers.get("id"), priority,
+                           headers.get("content-type"))  # fmt: skip
+
+    async def _confirmed(
+        self, items: list[Publication], queues: Iterable[tuple[str, bool]]
+    ) -> None:
+        """Publish and wait for every confirm; on a connection error publish again what was
+        not confirmed, within `publish_retry_s`, then name the problem."""
         deadline = time.monotonic() + self.publish_retry_s
+        confirm_by = asyncio.get_running_loop().time() + self.publish_retry_s  # loop clock
         backoff: Backoff | None = None  # made on the first failure: not on the hot path
         while True:
             try:
                 link = await self._link()
-                await self._ensure(link, queue.removesuffix(".dead"), delayed=delay_s > 0)
-                if delay_s:
-                    exchange = await link.channel.get_exchange(f"{DELAY_PREFIX}.{LEVELS - 1}")
-                    await exchange.publish(
-                        message, delay_key(delay_s, queue), timeout=self.publish_retry_s
-                    )
-                else:
-                    await link.channel.default_exchange.publish(
-                        message, queue, mandatory=True, timeout=self.publish_retry_s
-                    )
-                return
+                for queue, delayed in queues:
+                    await self._ensure(link, queue.removesuffix(".dead"), delayed)
+                writer = link.writer
+                if writer is None or writer.channel.is_closed:  # first, or after a reconnect
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        channel = await link.channel.get_underlay_channel()
+                    if writer is None or writer.channel is not channel:
+                        writer = link.writer = Writer(channel)
+                batch = await writer.publish(items, confirm_by)
+                items, lost = await batch.confirmed()
+                if lost is None:
+                    return
+                raise lost  # the rest were confirmed: only these go again
             except aio_pika.exceptions.DeliveryError as exc:
+                queue = _queue_of(exc, items)
                 raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
             except (*CONNECTION_ERRORS, BrokerConnectionError) as exc:
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
@@ -370,7 +317,7 @@ class AmqpBroker:
                 await asyncio.sleep(min(backoff.delay(), left))
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        await ack_many(deliveries)  # one basic.ack per message: AMQP has no batch by tag set
+        await ack_many(deliveries)  # one write: a multiple ack where it can (amqp_consume.py)
 
     # -- consuming ----------------------------------------------------------------------------
     async def consume(
@@ -385,8 +332,8 @@ class AmqpBroker:
         link = await self._link()
         channel = await link.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
-        subscription = _Subscription(self, link, channel, queues)
-        consumer = Consumer(subscription, prefetch, on_ready)
+        subscription = Stream(self, link, channel, queues)
+        consumer = subscription.consumer = Consumer(subscription, prefetch, on_ready)
         link.consumers.add(consumer)
         buffers, arrived = subscription.buffers, subscription.arrived
         tags, ready = [], set()
@@ -394,15 +341,14 @@ class AmqpBroker:
             queue = await self._declare_queue(channel, name)
             if queue.declaration_result.message_count:
                 ready.add(name)
+            tags.append((queue, await queue.consume(subscription.incoming_handler(name))))
+        taken = [(queue.name, tag) for queue, tag in tags]
+        await subscription.take_over(taken)
 
-            async def on_message(message: AbstractIncomingMessage, name: str = name) -> None:
-                if message.redelivered and self.queue_type != "quorum":
-                    await self._count_again(message, name)
-                    return
-                buffers[name].append(_delivery(message, name, consumer))
-                arrived.set()
+        async def restored(_: Any) -> None:  # the robust channel consumes again: ours again
+            await subscription.take_over(taken)
 
-            tags.append((queue, await queue.consume(on_message, no_ack=False)))
+        channel.reopen_callbacks.add(restored)
         # Fair from the first message: queues that had messages waiting get a moment to
         # deliver before the first one's burst is handed out (RabbitMQ starts them apart).
         with contextlib.suppress(TimeoutError):
@@ -417,6 +363,7 @@ class AmqpBroker:
         finally:
             # Not once drained (a cancelled fetch ends the hand-out loop first): the closed
             # channel gave everything back.
+            subscription.whole = False  # deliveries for a cancelled consumer may go unseen
             if not channel.is_closed:
                 for queue, tag in tags:  # no new deliveries; handed-out ones stay valid
                     with contextlib.suppress(*SETTLE_ERRORS):
@@ -425,19 +372,6 @@ class AmqpBroker:
                     while buffer:
                         await subscription.settle(buffer.popleft(), True, "given back")
             await deliveries.aclose()  # gives back what was fetched, closes once drained
-
-    async def _count_again(self, message: AbstractIncomingMessage, queue: str) -> None:
-        """A classic queue's redelivery: publish a copy that carries the delivery count, then
-        ack this one (a copy twice, if we die in between: at least once, as ever). The copy
-        waits a second in the delay levels: handed out at once, it could run (and kill this
-        worker again) before the original's ack left, and come back uncounted."""
-        headers = _headers_of(message)
-        headers[DELIVERED] = str(_count(headers))
-        try:
-            await self._publish_raw(queue, message.body, headers, message.priority, 1)
-            await message.ack()
-        except (*SETTLE_ERRORS, BrokerError) as exc:  # still unacknowledged: it comes back
-            log.warning("could not count a redelivery of %s (%s)", headers.get("id", "?"), exc)
 
     async def tick(self) -> None:
         return None  # delays live in RabbitMQ's TTL queues; leases are RabbitMQ's own
@@ -514,7 +448,8 @@ class AmqpBroker:
                 message = await dead.get(no_ack=False, fail=False)
                 if message is None:
                     break
-                headers = {k: v for k, v in _headers_of(message).items() if k != REASON}
+                found = headers_of(message.headers, message.content_type, message.message_id)
+                headers = {k: v for k, v in found.items() if k != REASON}
                 headers[REQUEUED] = "1"
                 await self._publish_raw(queue, message.body, headers, message.priority)
                 await message.ack()

@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from .._backoff import Backoff
 from ..exceptions import BrokerError
@@ -61,6 +61,12 @@ class Broker(Bus, Protocol):
         priority: int | None = None,
     ) -> None: ...
 
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish a batch in one round trip where the broker can (a Redis pipeline, one
+        SQLite transaction, RabbitMQ confirms awaited together). Returns once every message
+        is as safe as `publish` makes one. On an error, some may have been published."""
+        await publish_each(self, messages)
+
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge several deliveries of this broker in one round trip where it can."""
 
@@ -98,6 +104,24 @@ class Broker(Bus, Protocol):
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         """Move up to `limit` dead letters (oldest first) back to the queue; return how many."""
         ...
+
+
+class Outgoing(NamedTuple):
+    """One message of a `publish_many` batch: `publish`'s arguments."""
+
+    queue: str
+    body: bytes
+    headers: Mapping[str, str]
+    delay_s: float = 0.0
+    priority: int | None = None
+
+
+async def publish_each(broker: Broker, messages: Sequence[Outgoing]) -> None:
+    """`publish_many` for a broker that has no batch of its own: one publish after another."""
+    for out in messages:
+        await broker.publish(
+            out.queue, out.body, out.headers, delay_s=out.delay_s, priority=out.priority
+        )
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from .base import Consumer, Delivery, QueueStats, ack_many
+from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import MemoryBus, Subscription
 
 Item = tuple[bytes, dict[str, str], int]  # body, headers, times handed out before
@@ -101,6 +101,12 @@ class MemoryBroker:
         item: Item = (body, dict(headers), 0)
         with self._lock:
             self._put(queue, item, priority or 0, delay_s)
+        self._wake_all()
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        with self._lock:
+            for m in messages:
+                self._put(m.queue, (m.body, dict(m.headers), 0), m.priority or 0, m.delay_s)
         self._wake_all()
 
     def _put(self, queue: str, item: Item, priority: int, delay_s: float = 0.0) -> None:

@@ -54,7 +54,7 @@ from ..exceptions import BrokerConnectionError, BrokerError, Transient
 from ..protocol import BROKEN_ENVELOPE
 from ..urls import mask_password
 from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
-from .base import Consumer, Delivery, QueueStats, ack_many
+from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
 from .redis_bus import RedisBus
 
@@ -364,20 +364,56 @@ class RedisBroker:
                         await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
                     return
             except REDIS_ERRORS as raw:
-                exc = translate(self.url, BrokerConnectionError, raw, bound)
-                if not isinstance(exc, Transient):
-                    raise exc from raw
-                # unreachable, or up but refusing for now: retried until the deadline
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
-                left = deadline - time.monotonic()  # retried for the whole bound, no less
-                if left <= 0 or not retry_may_help(raw):
-                    waited = self.publish_retry_s - left
-                    reason = str(raw) or str(exc)
-                    raise type(exc)(
-                        f"cannot publish to Redis at {mask_password(self.url)} "
-                        f"(gave up after {waited:.1f}s): {reason}"
-                    ) from raw
-                await asyncio.sleep(min(backoff.delay(), left))
+                await asyncio.sleep(self._retry_delay(raw, bound, deadline, backoff))
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """One MULTI/EXEC pipeline: the batch is added whole or not at all, in one round trip
+        (a retry after a lost reply may add it twice: at least once)."""
+        if not messages:
+            return
+        deadline = time.monotonic() + self.publish_retry_s
+        backoff: Backoff | None = None
+        while True:
+            bound = max(deadline - time.monotonic(), MIN_ATTEMPT_S)
+            if self._clients.socket_timeout_s is not None:
+                bound = min(bound, self._clients.socket_timeout_s)
+            try:
+                async with asyncio.timeout(bound):
+                    pipe = self._clients.get().pipeline(transaction=True)
+                    now_ms = time.time() * 1000
+                    for out in messages:
+                        envelope = _encode_envelope((dict(out.headers), out.body))
+                        level = level_of(out.priority)
+                        queue_keys = keys(out.queue)
+                        if out.delay_s > 0:
+                            due_ms = int(now_ms + out.delay_s * 1000)
+                            pipe.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
+                        else:
+                            pipe.xadd(queue_keys.streams[level], {"e": envelope})
+                    await pipe.execute()
+                    return
+            except REDIS_ERRORS as raw:
+                backoff = backoff or Backoff(initial=0.05, cap=1.0)
+                await asyncio.sleep(self._retry_delay(raw, bound, deadline, backoff))
+
+    def _retry_delay(
+        self, raw: Exception, bound: float, deadline: float, backoff: Backoff
+    ) -> float:
+        """How long to wait before publishing again, or the error that ends the publish."""
+        exc = translate(self.url, BrokerConnectionError, raw, bound)
+        if not isinstance(exc, Transient):
+            raise exc from raw
+        # unreachable, or up but refusing for now: retried until the deadline
+        left = deadline - time.monotonic()  # retried for the whole bound, no less
+        if left <= 0 or not retry_may_help(raw):
+            waited = self.publish_retry_s - left
+            reason = str(raw) or str(exc)
+            raise type(exc)(
+                f"cannot publish to Redis at {mask_password(self.url)} "
+                f"(gave up after {waited:.1f}s): {reason}"
+            ) from raw
+        return min(backoff.delay(), left)
 
     async def consume(
         self,

@@ -26,7 +26,7 @@ import msgspec
 from .._sqlite import Database, Doorbell, Listener, transaction
 from ..exceptions import BrokerError, BrokerUnavailable
 from ..protocol import BROKEN_ENVELOPE
-from .base import SUSPECT_DELIVERIES, Consumer, Delivery, QueueStats, ack_many
+from .base import SUSPECT_DELIVERIES, Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
 from .sqlite_bus import SqliteBus
 
@@ -161,6 +161,27 @@ class SqliteBroker:
             self._bell.ring()
 
         await self._db.run(insert)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """One transaction: the batch is committed whole or not at all."""
+        now = _now_ms()
+        rows = [
+            (m.queue, m.priority or 0, now + int(m.delay_s * 1000), msgspec.json.encode(m.headers),
+             m.body)
+            for m in messages
+        ]  # fmt: skip
+
+        def insert(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(
+                    "INSERT INTO messages (queue, priority, due_ms, lease_ms, headers, body)"
+                    " VALUES (?, ?, ?, 0, ?, ?)",
+                    rows,
+                )
+            self._bell.ring()
+
+        if rows:
+            await self._db.run(insert)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_many(deliveries)

@@ -38,7 +38,7 @@ from ..signals import task_postrun, task_prerun, task_received, task_revoked, ta
 from ..trace import ExceptionInfo
 from ..tracing import Tracing
 from .followups import FollowUps
-from .limits import RateLimiter, with_limits
+from .limits import GlobalRateLimiter, RateLimiter, with_limits
 from .logvalues import ValueRepr
 from .outcome import Decide, Outcome, RemoteError, Settle, failure_of, original
 from .presence import Counters
@@ -103,7 +103,14 @@ class Executor:
             max_tasks_per_child=self.settings.worker_max_tasks_per_child,
             max_memory_per_child_kib=self.settings.worker_max_memory_per_child,
         )
-        self._limiters: dict[str, RateLimiter] = {}
+        self._limiters: dict[str, RateLimiter | GlobalRateLimiter] = {}
+        # rate_limit_scope "global": starts spaced across workers by the coordinator
+        self.rate_coordinator = (
+            app.coordinator if self.settings.rate_limit_scope == "global" else None
+        )
+        if self.settings.rate_limit_scope == "global" and self.rate_coordinator is None:
+            log.warning("rate_limit_scope='global' needs a coordinator (rpc:// results have"
+                        " none): rate limits apply per worker")  # fmt: skip
         self.counters = Counters()  # for this worker's presence record
         # what runs now (by task id) and what ended lately: `inspect active`, terminate, and
         # whom to name when the loop was blocked
@@ -398,10 +405,16 @@ class Executor:
             self.events.retried(message, cause, retry.countdown_s)
         return self.decide.retried(message, retry, delivery, settle)
 
-    def _limiter(self, name: str, per_s: float) -> RateLimiter:
+    def _limiter(self, name: str, per_s: float) -> RateLimiter | GlobalRateLimiter:
         limiter = self._limiters.get(name)
-        if limiter is None or limiter.per_second != per_s:
-            limiter = self._limiters[name] = RateLimiter(per_s)
+        if limiter is None or limiter.per_second != per_s:  # new, or `control rate_limit`
+            if isinstance(limiter, GlobalRateLimiter):
+                limiter.retune(per_s)  # the starts queued in it take the new rate too
+            elif self.rate_coordinator is not None:
+                limiter = GlobalRateLimiter(self.rate_coordinator, name, per_s)
+                self._limiters[name] = limiter
+            else:
+                limiter = self._limiters[name] = RateLimiter(per_s)
         return limiter
 
     def _request(self, message: Message, delivery: Delivery) -> Request:

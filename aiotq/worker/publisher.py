@@ -2,7 +2,8 @@
 
 Runners hand outcomes over through a bounded queue (backpressure, not unbounded memory).
 Everything that finished together is written in one backend round trip, and a message is
-acknowledged only after its result is stored:
+acknowledged only after its result is stored (a batch's acks go out while the next batch is
+being stored: they overlap, never precede their own store):
 
 - an error that may pass (`Transient`: unreachable, out of memory, locked, read-only) is
   retried with backoff while the batch's messages stay unacknowledged; meanwhile the queue
@@ -15,6 +16,7 @@ acknowledged only after its result is stored:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +44,8 @@ class ResultPublisher:
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue(capacity)
         self._idle = asyncio.Event()  # nothing queued and no batch in hand
         self._idle.set()
+        # the last batch's acks and rejects, in flight while the next batch is stored
+        self._settling: asyncio.Future[None] | None = None
 
     async def submit(self, outcome: Outcome) -> None:
         self._idle.clear()
@@ -56,24 +60,36 @@ class ResultPublisher:
         await self._queue.put(_STOP)
 
     async def run(self) -> None:
-        while True:
-            batch: list[Outcome] = []
-            item = await self._queue.get()
-            stop = item is _STOP
-            if not stop:
-                batch.append(item)  # type: ignore[arg-type]
-            while not stop and len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is _STOP:
-                    stop = True
-                else:
+        try:
+            while True:
+                batch: list[Outcome] = []
+                item = await self._queue.get()
+                stop = item is _STOP
+                if not stop:
                     batch.append(item)  # type: ignore[arg-type]
-            if batch:
-                await self._publish(batch)
-            if self._queue.empty():
-                self._idle.set()
-            if stop:
-                return
+                while not stop and len(batch) < MAX_BATCH and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        batch.append(item)  # type: ignore[arg-type]
+                if batch:
+                    await self._publish(batch)
+                if self._queue.empty():
+                    await self._settled()  # nothing to overlap with: finish the acks now
+                    self._idle.set()
+                if stop:
+                    return
+        finally:
+            if self._settling is not None and not self._settling.done():
+                self._settling.cancel()  # a cold stop: unacked messages go back
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._settling
+
+    async def _settled(self) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            await settling
 
     async def _publish(self, batch: list[Outcome]) -> None:
         records = [(o.task_id, o.data) for o in batch if o.data is not None and o.task_id]
@@ -87,6 +103,15 @@ class ResultPublisher:
         followups = [outcome for outcome in batch if outcome.after is not None]
         if followups:  # after the store (a chord counts stored results), before the ack
             await asyncio.gather(*(_followed_up(outcome) for outcome in followups))
+        # Settling overlaps the next batch's store: started now, awaited before the next
+        # batch settles (acks go out in batch order) or when nothing else is queued.
+        await self._settled()
+        if self._queue.empty():  # nothing to overlap with: no task, the acks leave now
+            await self._settle(batch)
+        else:
+            self._settling = asyncio.ensure_future(self._settle(batch))
+
+    async def _settle(self, batch: list[Outcome]) -> None:
         acks = [o.delivery for o in batch if o.settle is Settle.ACK and o.delivery is not None]
         if acks:
             await _settling(partial(self._broker.ack_many, acks), "acknowledge")

@@ -28,7 +28,9 @@ IO_S = 0.1  # each io / sms task waits this long
 
 def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", required=True, choices=["io", "sms", "noop", "latency"])
+    parser.add_argument(
+        "--scenario", required=True, choices=["io", "io-conc", "sms", "noop", "latency", "sends"]
+    )
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--pool", default="")
     parser.add_argument("--concurrency", type=int, default=200)
@@ -63,13 +65,18 @@ def flush(opts: argparse.Namespace) -> None:
     subprocess.run(["redis-cli", "-h", host, "-p", port, "-n", db, "flushdb"], check=True,
                    capture_output=True, timeout=30)  # fmt: skip
     if opts.broker.startswith("amqp"):
-        vhost = opts.broker.rsplit("/", 1)[1]
-        for command in (["delete_vhost", vhost], ["add_vhost", vhost],
-                        ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):  # fmt: skip
-            done = subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True,
-                                  text=True, timeout=60)  # fmt: skip
-            if done.returncode and command[0] != "delete_vhost":  # absent the first time
-                raise RuntimeError(f"rabbitmqctl {command[0]} failed: {done.stderr.strip()}")
+        flush_vhost(opts.broker)
+
+
+def flush_vhost(url: str) -> None:
+    """Delete and create again the vhost of an amqp:// URL (rabbitmqctl, no client library)."""
+    vhost = url.rsplit("/", 1)[1]
+    for command in (["delete_vhost", vhost], ["add_vhost", vhost],
+                    ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):  # fmt: skip
+        done = subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        if done.returncode and command[0] != "delete_vhost":  # absent the first time
+            raise RuntimeError(f"rabbitmqctl {command[0]} failed: {done.stderr.strip()}")
 
 
 class Workers:
@@ -239,6 +246,18 @@ class Driver:
         """True on success; False when the task failed; raises TimeoutError when none came."""
         raise NotImplementedError
 
+    async def send_concurrent(self, kind: str, n: int) -> list[Any] | None:
+        """n sends at once, their confirms (if any) awaited together; None if the system's
+        producer cannot (a blocking client)."""
+        return None
+
+    async def send_bulk(self, kind: str, n: int) -> list[Any] | None:
+        """n sends as batches of BULK in one call each; None where there is no such call."""
+        return None
+
+
+BULK = 1000  # calls per send_many in the sends scenario
+
 
 async def succeeded(result: Any) -> bool:
     """Await a peer's result: True on success, False when the task failed; a TimeoutError
@@ -261,7 +280,25 @@ async def scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
         await driver.stop()
 
 
+async def _sends(driver: Driver, n: int) -> dict[str, Any]:
+    """Sends only, no worker: one after another, all at once, in batches (what the system
+    has of each). Every rate is n over the time until the last send returned."""
+    began = time.perf_counter()
+    for i in range(n):
+        await driver.send("noop", i)
+    figures: dict[str, Any] = {"seq_per_s": round(n / (time.perf_counter() - began))}
+    began = time.perf_counter()
+    if await driver.send_concurrent("noop", n) is not None:
+        figures["conc_per_s"] = round(n / (time.perf_counter() - began))
+    began = time.perf_counter()
+    if await driver.send_bulk("noop", n) is not None:
+        figures["bulk_per_s"] = round(n / (time.perf_counter() - began))
+    return figures
+
+
 async def _scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
+    if opts.scenario == "sends":
+        return await _sends(driver, opts.n)
     n, command = opts.n, driver.worker_command(opts)
     if opts.scenario == "noop":
         began = time.perf_counter()
@@ -292,7 +329,12 @@ async def _scenario(driver: Driver, opts: argparse.Namespace) -> dict[str, Any]:
                 samples.append(time.perf_counter() - sent)
             return quantiles_ms(samples)
         began = time.perf_counter()
-        handles = [await driver.send(opts.scenario, i) for i in range(n)]
+        if opts.scenario == "io-conc":  # one producer sending everything at once
+            handles = await driver.send_concurrent("io", n) or []
+            if not handles:
+                raise RuntimeError("this system's producer cannot send concurrently")
+        else:
+            handles = [await driver.send(opts.scenario, i) for i in range(n)]
         failed = await _wait_all(driver, handles, opts.timeout)
         elapsed = time.perf_counter() - began
         started.check()

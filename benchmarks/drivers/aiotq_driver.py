@@ -11,7 +11,7 @@ import uvloop
 
 from aiotq import App
 
-from ._common import Driver, options, run, scenario, succeeded
+from ._common import BULK, Driver, options, run, scenario, succeeded
 
 
 class AiotqDriver(Driver):
@@ -29,9 +29,19 @@ class AiotqDriver(Driver):
     async def send(self, kind: str, i: int) -> Any:
         if kind == "noop":
             return await self.app.asend_task("bench.add", (i, i))
-        if kind == "io":
+        if kind in ("io", "io-conc"):
             return await self.app.asend_task("bench.io")
         return await self.app.asend_task("bench.sms", (self.port, f"+1555{i:07d}"))
+
+    async def send_concurrent(self, kind: str, n: int) -> list[Any]:
+        return list(await asyncio.gather(*(self.send(kind, i) for i in range(n))))
+
+    async def send_bulk(self, kind: str, n: int) -> list[Any]:
+        handles: list[Any] = []
+        for start in range(0, n, BULK):
+            calls = [((i, i), {}) for i in range(start, min(n, start + BULK))]
+            handles += await self.app.asend_many("bench.add", calls)
+        return handles
 
     async def wait(self, handle: Any, timeout: float) -> bool:
         return await succeeded(handle.get(timeout=timeout))
