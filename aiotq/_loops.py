@@ -15,7 +15,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -57,6 +57,10 @@ class PerLoop(Generic[T]):
         self._values[asyncio.get_running_loop()] = value
 
     def _forget_all(self) -> None:
+        # The parent's values are kept alive, never used: were they collected here, a
+        # connection's finalizer would take its socket out of the parent's epoll set, which
+        # a fork shares, and the parent would wait for ever for its next reply.
+        _inherited.extend(self._values.items())
         self._values = weakref.WeakKeyDictionary()
 
 
@@ -66,6 +70,7 @@ class Forkable(Protocol):
 
 
 _forkables: weakref.WeakSet[Forkable] = weakref.WeakSet()
+_inherited: list[Any] = []  # in a fork's child: the parent's per-loop values (see above)
 
 
 def reset_after_fork(obj: Forkable) -> None:
