@@ -22,6 +22,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .monitor_state import (
@@ -238,7 +239,12 @@ class EventsMonitor(App[None]):
 
     # -- drawing ---------------------------------------------------------------------------
     def redraw(self) -> None:
-        now = time.time()
+        try:
+            self._redraw(time.time())
+        except NoMatches:  # the interval fired while the screen was being torn down
+            return
+
+    def _redraw(self, now: float) -> None:
         self._draw_workers(now)  # every time: the heartbeat ages move on by themselves
         self._draw_rates(now)
         if self.state.version != self._drawn_version:
