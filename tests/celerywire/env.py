@@ -20,11 +20,11 @@ def celery_python() -> str:
     wanted = hashlib.sha1(" ".join(PACKAGES).encode()).hexdigest()
     stamp = ENV / ".installed"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True, timeout=300)
     if not stamp.exists() or stamp.read_text() != wanted:
         print(f"installing {' '.join(PACKAGES)} into {ENV} ...", file=sys.stderr, flush=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, *PACKAGES], check=True)
+        subprocess.run([*pip, *PACKAGES], check=True, timeout=900)  # a registry that hangs
         stamp.write_text(wanted)
     return str(python)
 
