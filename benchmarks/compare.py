@@ -151,6 +151,9 @@ def better(a: dict[str, Any] | None, b: dict[str, Any], scenario: str) -> dict[s
         return b
     if "error" in b:
         return a
+    if scenario == "sends":  # separate figures: the best of each
+        return {k: max(a.get(k, 0), b.get(k, 0)) if k.endswith("_per_s") else v
+                for k, v in {**a, **b}.items()}  # fmt: skip
     key = {"io": "tasks_per_s", "io-conc": "tasks_per_s", "sms": "tasks_per_s",
            "noop": "drain_per_s", "sends": "seq_per_s"}.get(scenario)  # fmt: skip
     if key is None:  # latency: the lower p50
@@ -204,7 +207,9 @@ def main() -> None:
     results = table(best, systems)
     met = rabbitmq_targets(best, systems)
     RESULTS.mkdir(exist_ok=True)
-    name = "quick" if args.quick else "latest"  # a quick run never replaces the full one
+    # a quick run or a subset never replaces the full run's figures
+    subset = bool(args.only) or set(brokers) != {s.broker for s in SYSTEMS}
+    name = "quick" if args.quick else "subset" if subset else "latest"
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds, "quick": args.quick,
             "seconds": round(time.monotonic() - began), "redis": args.redis,
             "systems": {s.key: s.how for s in systems}, "targets": met}  # fmt: skip

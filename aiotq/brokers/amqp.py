@@ -14,6 +14,10 @@ that queue's TTL dead-letters it into `aiotq.delay.(L-1)` with the same key. Aft
 `aiotq.delay.deliver` routes it to the queue named after the bits. Any whole number of
 seconds up to 2**LEVELS - 1 (48 days) takes exactly that long; delays are rounded up to the
 second, so a task never starts early. (NServiceBus uses the same scheme.)
+
+Publishing (`amqp_publish.py`): one writer per channel frames a batch (one send, a burst of
+concurrent sends, a `publish_many`) into one write and awaits the confirms together.
+Consuming (`amqp_consume.py`): raw deliveries from aiormq, acks written in batches.
 """
 
 from __future__ import annotations

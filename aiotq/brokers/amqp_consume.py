@@ -54,7 +54,7 @@ def headers_of(
     table: Mapping[str, Any] | None, content_type: str | None, message_id: str | None
 ) -> dict[str, str]:
     """A message's headers as aiotq reads them; the id and content type travel as its
-    properties (a producer before 0.x sent them as headers too: those win)."""
+    properties (older aiotq producers sent them as headers too: those win)."""
     headers = {
         key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         for key, value in (table or {}).items()
