@@ -47,7 +47,7 @@ TASK_OPTIONS = frozenset(
         "queue", "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max",
         "retry_jitter", "autoretry_for", "retry_kwargs", "time_limit", "soft_time_limit",
         "acks_late", "ignore_result", "rate_limit", "expires", "executor", "priority",
-        "max_deliveries", "typing",
+        "max_deliveries", "typing", "rate_limit_scope",
     }
 )  # fmt: skip
 
@@ -71,6 +71,8 @@ class Task(Generic[P, R]):
     acks_late: bool | None = None
     ignore_result: bool | None = None
     rate_limit: str | None = None
+    # "global": every worker of the app shares the rate; None: the rate_limit_scope setting
+    rate_limit_scope: Literal["worker", "global"] | None = None
     expires: float | None = None
     executor: Executor | None = None  # None: inline for async def, thread for def
     priority: int | None = None
@@ -158,6 +160,12 @@ class Task(Generic[P, R]):
         self.acks_late = value["acks_late"]
         self.ignore_result = value["ignore_result"]
         self.rate_limit = value["rate_limit"]
+        if value["rate_limit_scope"] not in (None, "worker", "global"):
+            raise ConfigurationError(
+                f"task {self.name}: rate_limit_scope is 'worker' or 'global',"
+                f" not {value['rate_limit_scope']!r}"
+            )
+        self.rate_limit_scope = value["rate_limit_scope"]
         self.expires = value["expires"]
         self.priority = value["priority"]
         self.max_deliveries = value["max_deliveries"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from aiotq import App
+from aiotq import App, ConfigurationError
 from aiotq.backends.memory import MemoryBackend
 from aiotq.backends.redis import RedisBackend
 from aiotq.backends.sqlite import SqliteBackend
@@ -277,3 +277,22 @@ async def test_control_rate_limit_changes_the_shared_rate(
     measured = rate_of([at for _, at, _ in done])
     print(f"global after `control rate_limit 40/s`: {measured:.2f} starts/s")
     assert measured == pytest.approx(40.0, rel=0.1)
+
+
+async def test_a_task_of_its_own_scope_shares_its_rate_across_two_workers() -> None:
+    """`@app.task(rate_limit_scope="global")` on an app whose setting is per worker: the
+    task's starts are spaced across both workers (per worker, two would start up to 40/s)."""
+    app = App("rl-task", broker="memory://")
+    shared: list[float] = []
+
+    @app.task(rate_limit="20/s", rate_limit_scope="global")
+    async def limited() -> None:
+        shared.append(time.monotonic())
+
+    async with run_worker(app), run_worker(app):
+        results = [await limited.send() for _ in range(16)]
+        for result in results:
+            await result.get(timeout=10)
+    assert len(shared) == 16 and rate_of(shared) == pytest.approx(20.0, rel=0.1)
+    with pytest.raises(ConfigurationError, match="rate_limit_scope is 'worker' or 'global'"):
+        app.task(name="bad", rate_limit_scope="everywhere")(lambda: None)

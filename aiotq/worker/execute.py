@@ -104,11 +104,13 @@ class Executor:
             max_memory_per_child_kib=self.settings.worker_max_memory_per_child,
         )
         self._limiters: dict[str, RateLimiter | GlobalRateLimiter] = {}
-        # rate_limit_scope "global": starts spaced across workers by the coordinator
-        self.rate_coordinator = (
-            app.coordinator if self.settings.rate_limit_scope == "global" else None
+        # rate_limit_scope "global" (the setting, or a task's own): starts spaced across
+        # workers by the coordinator
+        self.rate_coordinator = app.coordinator
+        wants_global = self.settings.rate_limit_scope == "global" or any(
+            t.rate_limit_scope == "global" for t in app.tasks.values()
         )
-        if self.settings.rate_limit_scope == "global" and self.rate_coordinator is None:
+        if wants_global and self.rate_coordinator is None:
             log.warning("rate_limit_scope='global' needs a coordinator (rpc:// results have"
                         " none): rate limits apply per worker")  # fmt: skip
         self.counters = Counters()  # for this worker's presence record
@@ -269,7 +271,7 @@ class Executor:
         handlers = task.custom_handlers  # None: no handler overridden (seen at declaration)
         rate = self.rates.get(task.name, task.rate_per_s) if self.rates else task.rate_per_s
         if rate is not None:
-            await self._limiter(task.name, rate).wait()
+            await self._limiter(task, rate).wait()
         started = decide.started(task, message)
         early = [started] if started is not None else []
         if events.enabled:
@@ -405,12 +407,14 @@ class Executor:
             self.events.retried(message, cause, retry.countdown_s)
         return self.decide.retried(message, retry, delivery, settle)
 
-    def _limiter(self, name: str, per_s: float) -> RateLimiter | GlobalRateLimiter:
+    def _limiter(self, task: Task[Any, Any], per_s: float) -> RateLimiter | GlobalRateLimiter:
+        name = task.name
         limiter = self._limiters.get(name)
         if limiter is None or limiter.per_second != per_s:  # new, or `control rate_limit`
+            scope = task.rate_limit_scope or self.settings.rate_limit_scope
             if isinstance(limiter, GlobalRateLimiter):
                 limiter.retune(per_s)  # the starts queued in it take the new rate too
-            elif self.rate_coordinator is not None:
+            elif scope == "global" and self.rate_coordinator is not None:
                 limiter = GlobalRateLimiter(self.rate_coordinator, name, per_s)
                 self._limiters[name] = limiter
             else:
