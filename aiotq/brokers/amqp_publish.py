@@ -153,8 +153,7 @@ class Writer:
             try:
                 channel.write_queue.put_nowait(frame)
             except asyncio.QueueFull:  # the socket is behind: wait, but not for ever
-                async with asyncio.timeout_at(write.deadline):
-                    await channel.write_queue.put(frame)
+                await _put_unless_closed(channel, frame, write.deadline)
         except BaseException:  # not written: the broker never saw these tags
             channel.delivery_tag = first - 1
             write.undo(tag)
@@ -367,3 +366,21 @@ def content_header(channel: int, body_size: int, item: Publication) -> bytes:
     parts[0] = _HEADER.pack(60, 0, body_size, flags)
     payload = b"".join(parts)
     return _FRAME.pack(2, channel, len(payload)) + payload + _END
+
+
+async def _put_unless_closed(channel: Any, frame: Any, deadline: float) -> None:
+    """Wait for room in the connection's write queue, until `deadline` or until the channel
+    or its connection closes: a queue a dead connection no longer drains never has room,
+    and waiting it out would spend the whole publish bound that a retry on the reconnected
+    channel needs."""
+    put = asyncio.ensure_future(channel.write_queue.put(frame))
+    closed = {channel.closing, channel.connection.closing}
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait({put, *closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (put, *closed):
+            if not waiter.done():
+                waiter.cancel()
+    if not put.done() or put.cancelled():
+        raise ChannelInvalidStateError(f"{channel!r} closed while its write queue was full")
