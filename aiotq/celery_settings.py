@@ -235,7 +235,7 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
         "security_cert_store celery_security_cert_store security_certificate "
         "celery_security_certificate security_digest celery_security_digest security_key "
         "celery_security_key security_key_password celery_security_key_password",
-        "messages are not signed",
+        "use task_signing_key (HMAC)",
     ),
     **_unsupported(
         "task_acks_on_failure_or_timeout celery_acks_on_failure_or_timeout "

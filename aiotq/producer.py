@@ -46,6 +46,8 @@ SEND_OPTIONS = frozenset(
     }
 )  # fmt: skip
 
+SIGNATURE_HEADER = "x-aiotq-signature"  # hex HMAC-SHA256 of the body (task_signing_key)
+
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
@@ -285,6 +287,9 @@ class Producer:
         priority = message.priority
         if priority is not None:
             headers["priority"] = str(priority)
+        signing = wiring.settings.task_signing_key
+        if signing is not None:
+            headers[SIGNATURE_HEADER] = signing.sign(body)
         assert message.queue is not None
         publishes = [
             Outgoing(queue, body, headers, delay_s, priority) for queue in queues or [message.queue]

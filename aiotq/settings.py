@@ -10,6 +10,8 @@ settings are finalized (first send or worker start), never at import.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import hmac
 import importlib
 import inspect
 import os
@@ -24,6 +26,56 @@ from .celery_settings import CELERY_SETTINGS, TRANSPORT_OPTIONS, Unsupported
 from .exceptions import ConfigurationError
 
 Serializer = Literal["json", "msgpack"]
+
+
+class SigningKeys:
+    """`task_signing_key`, checked: the first key signs, every key verifies (rotation).
+    Its repr, str and any encoding never show a key (`inspect conf`, logs, errors)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self._keys = tuple(keys)
+
+    def sign(self, body: bytes) -> str:
+        return hmac.new(self._keys[0], body, hashlib.sha256).hexdigest()
+
+    def verify(self, body: bytes, signature: str) -> bool:
+        found = False
+        for key in self._keys:  # every key compared: no early exit to time
+            expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+            found |= hmac.compare_digest(expected, signature)
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SigningKeys) and other._keys == self._keys
+
+    def __hash__(self) -> int:
+        return hash(self._keys)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._keys)} signing key{'s' if len(self._keys) > 1 else ''}, hidden>"
+
+    __str__ = __repr__
+
+
+def _signing_keys(shown: str, value: Any) -> SigningKeys | None:
+    """None, a str, or a list of str (first signs) -> SigningKeys; errors never show a key."""
+    if value is None or isinstance(value, SigningKeys):
+        return value
+    keys = [value] if isinstance(value, str) else value
+    if not isinstance(keys, (list, tuple)) or not keys:
+        raise ConfigurationError(
+            f"setting {shown}: expected a key (str) or a non-empty list of keys, "
+            f"got {type(value).__name__}"
+        )
+    for index, key in enumerate(keys):
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(
+                f"setting {shown}: key {index} must be a non-empty str, "
+                f"got {'an empty str' if key == '' else type(key).__name__}"
+            )
+    return SigningKeys(key.encode() for key in keys)
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -41,6 +93,9 @@ class Settings(msgspec.Struct, kw_only=True):
     task_default_routing_key: str | None = None
     broker_queue_type: Literal["classic", "quorum"] = "classic"  # RabbitMQ
     task_acks_late: bool = True
+    # HMAC-SHA256 of each message's body (a key, or a list: the first signs, all verify, to
+    # rotate); a worker with a key dead-letters unsigned or forged messages, never runs them
+    task_signing_key: SigningKeys | None = None
     # Celery's wire protocol (issue: one queue at a time from Celery): "celery" makes the
     # broker and result backend speak kombu's message formats and Celery's result format, so
     # a Celery producer or worker shares the queues and results (docs/migrating-from-celery)
@@ -225,6 +280,8 @@ def _normalise(name: str, value: Any) -> Any:
 def check_value(name: str, value: Any, written: str | None = None) -> Any:
     """Validate one value against its field's type; the error names the setting as written."""
     shown = repr(name) if written in (None, name) else f"{written!r} (aiotq's {name!r})"
+    if name == "task_signing_key":
+        return _signing_keys(shown, value)
     value = _normalise(name, value)
     if name == "worker_pool" and value in _FOREIGN_POOLS:
         raise ConfigurationError(

@@ -34,7 +34,7 @@ FILTERS = ("q", "state", "name", "worker", "queue", "since", "until")
 PER_PAGE_MAX = 500
 BULK_MAX = 1000  # tasks one "all matching" action handles (the message says when cut)
 FAMILY_MAX = 500  # tasks of one canvas shown on a task's page
-SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private|signature", re.I)
+SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private|signature|signing", re.I)
 SECRET_QUERY = re.compile(r"((?:password|passwd|secret|token|api_?key)[^=&]*=)[^&]*", re.I)
 MASK = "********"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiotq.worker")
 
-SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private|signature", re.I)
+SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private|signature|signing", re.I)
 MASK = "********"
 
 

@@ -32,6 +32,7 @@ from ..exceptions import (
     Retry,
     TaskRevoked,
 )
+from ..producer import SIGNATURE_HEADER
 from ..protocol import Failure, Message, decode_message
 from ..request import Request, current_request
 from ..signals import task_postrun, task_prerun, task_received, task_revoked, task_success
@@ -94,6 +95,7 @@ class Executor:
         self.hostname = hostname
         self.sender = sender  # task_received's sender (Celery's: the consumer; here the worker)
         self.accept_content = frozenset(self.settings.accept_content)
+        self.signing = self.settings.task_signing_key  # None: no check at all
         publish = app.producer.publish_message
         self.decide = Decide(self.settings, FollowUps(app), publish, hostname)
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="aiotq-task")
@@ -134,6 +136,19 @@ class Executor:
             else None
         )
 
+    def _unsigned(self, delivery: Delivery) -> Outcome | None:
+        """task_signing_key is set: a missing or wrong signature is dead-lettered, not run."""
+        assert self.signing is not None
+        signature = delivery.headers.get(SIGNATURE_HEADER)
+        if signature is None:
+            reason = "unsigned message refused (task_signing_key is set)"
+        elif self.signing.verify(delivery.body, signature):
+            return None
+        else:
+            reason = "bad signature: refused"
+        log.error("Rejected message %s: %s", delivery.headers.get("id", "?"), reason)
+        return self.decide.undecodable(delivery, reason)
+
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.processes.shutdown()
@@ -142,6 +157,10 @@ class Executor:
     def accept(self, delivery: Delivery) -> Accepted | Outcome:
         """Decode and check: an Accepted to run, or the outcome of one that will not run."""
         decide = self.decide
+        if self.signing is not None:
+            refused = self._unsigned(delivery)
+            if refused is not None:
+                return refused
         try:
             message = decode_message(
                 delivery.body, delivery.headers.get("content-type"), self.accept_content
