@@ -157,3 +157,26 @@ def test_setting_is_checked_and_never_shows_a_key() -> None:
         _no_key_in(str(info.value), NEW)
     app.conf.task_signing_key = None
     assert app.conf.task_signing_key is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "amqp"])
+async def test_signed_sends_run_on_every_broker(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    """The signature travels in a header, which each broker carries its own way (AMQP
+    headers, a stream field, a row): one signed send and one signed send_many."""
+    backend = None
+    if kind == "sqlite":
+        broker = f"sqlite:///{tmp_path}/signed.db"
+    elif kind == "redis":
+        broker = request.getfixturevalue("redis_url")
+    else:
+        broker, backend = request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+    ran: list[Any] = []
+    app = _app(broker, SECRET, ran, backend=backend)
+    async with run_worker(app):
+        add = app.tasks["signing.add"]
+        assert await (await add.send(1, 2)).get(timeout=10) == 3
+        handles = await add.send_many([((i, i), {}) for i in range(3)])
+        assert [await h.get(timeout=10) for h in handles] == [0, 2, 4]
+    await app.aclose()
