@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint docs demo bench bench-quick clean
+.PHONY: install test test-cluster lint docs demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not cluster"
+
+# Redis Cluster, Sentinel and a three-node RabbitMQ cluster, each started by its test
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check aiotq tests examples benchmarks
