@@ -26,6 +26,9 @@ STATE_OF = {
     "task-succeeded": "SUCCESS", "task-failed": "FAILURE", "task-retried": "RETRY",
     "task-rejected": "REJECTED", "task-revoked": "REVOKED",
 }  # fmt: skip
+OUTCOME_EVENTS = {"SUCCESS": "task-succeeded", "FAILURE": "task-failed",
+                  "RETRY": "task-retried", "REJECTED": "task-rejected",
+                  "REVOKED": "task-revoked"}  # fmt: skip
 
 
 class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -49,7 +52,20 @@ class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     parent_id: str | None = None
     root_id: str | None = None
     updated_at_s: float = 0.0
-    timeline: list[tuple[str, float, str | None]] = []  # (event type, time, hostname)
+
+    @property
+    def timeline(self) -> list[tuple[str, float, str | None]]:
+        """The run's events, (type, time, hostname), read from its times: not stored, as
+        a worker's records always hold them (received, started, the outcome)."""
+        steps: list[tuple[str, float, str | None]] = []
+        if self.received_at_s is not None:
+            steps.append(("task-received", self.received_at_s, self.worker))
+        if self.started_at_s is not None:
+            steps.append(("task-started", self.started_at_s, self.worker))
+        event = OUTCOME_EVENTS.get(self.state)
+        if event is not None:
+            steps.append((event, self.updated_at_s, self.worker))
+        return steps
 
 
 class TaskQuery(msgspec.Struct, kw_only=True):
@@ -142,36 +158,48 @@ class Combiner:
 def finished(received: dict[str, Any] | None, event: dict[str, Any], state: str) -> TaskRecord:
     """The record of one run, from its received event (if seen) and its outcome."""
     begun = received or {}
-    ts = float(event.get("timestamp") or 0.0)
-    hostname = event.get("hostname")
-    timeline: list[tuple[str, float, str | None]] = []
-    if received is not None:
-        timeline.append(("task-received", float(received.get("timestamp") or 0.0), hostname))
-        if "_started" in received:
-            timeline.append(("task-started", float(received["_started"]), hostname))
-    timeline.append((event["type"], ts, hostname))
     task_id = event["uuid"]
-    retries = int(begun.get("retries") or 0)
     record = TaskRecord(
         id=task_id, state=state, name=event.get("name") or begun.get("name"),
-        args=begun.get("args"), kwargs=begun.get("kwargs"), worker=hostname,
-        queue=begun.get("queue"), retries=retries, eta=begun.get("eta"),
-        received_at_s=begun.get("timestamp"), started_at_s=begun.get("_started"),
-        finished_at_s=ts, parent_id=begun.get("parent_id"),
-        root_id=begun.get("root_id") or task_id, updated_at_s=ts, timeline=timeline,
+        args=begun.get("args"), kwargs=begun.get("kwargs"), worker=event.get("hostname"),
+        queue=begun.get("queue"), retries=int(begun.get("retries") or 0), eta=begun.get("eta"),
+        sent_at_s=begun.get("sent_at"), received_at_s=begun.get("timestamp"),
+        started_at_s=begun.get("_started"), parent_id=begun.get("parent_id"),
+        root_id=begun.get("root_id") or task_id,
     )  # fmt: skip
-    if event.get("runtime") is not None:
-        record.runtime_s = float(event["runtime"])
+    return conclude(
+        record, state, float(event.get("timestamp") or 0.0), runtime_s=event.get("runtime"),
+        result=event.get("result"), exception=event.get("exception") or event.get("reason"),
+        traceback=event.get("traceback"), eta=event.get("eta"),
+    )  # fmt: skip
+
+
+def conclude(
+    record: TaskRecord,
+    state: str,
+    at_s: float,
+    *,
+    runtime_s: float | None = None,
+    result: Any = None,
+    exception: str | None = None,
+    traceback: str | None = None,
+    eta: float | None = None,
+) -> TaskRecord:
+    """A run's outcome written into its record: the one reading for the worker's records
+    (worker/taskevents.py) and for records combined from events (`Combiner`)."""
+    record.state = state
+    record.updated_at_s = at_s
+    if runtime_s is not None:
+        record.runtime_s = float(runtime_s)
     if state == "SUCCESS":
-        record.result = event.get("result")
-    elif state in ("FAILURE", "RETRY"):
-        record.exception = event.get("exception")
-        record.traceback = event.get("traceback")
-        if state == "RETRY":
-            record.finished_at_s = None
-            record.eta = event.get("eta")
-    elif state == "REJECTED":
-        record.exception = event.get("reason")
+        record.result = result
+    elif state in ("FAILURE", "RETRY", "REJECTED"):
+        record.exception = exception  # for REJECTED: the reason
+        record.traceback = traceback
+    if state == "RETRY":
+        record.eta = eta  # due again then; not finished
+    else:
+        record.finished_at_s = at_s
     return record
 
 

@@ -8,7 +8,8 @@ The worker is `aiotq worker -c 200` with results stored (benchmarks.baseline). V
 `bare` (history, tracing and events off), `history` (the default: history on),
 `history+metrics` (what the monitoring issue bounds at 15%), `+metrics`
 (--metrics-port), `+tracing` (OpenTelemetry API installed, no SDK: no-op spans), `+events`
-(-E, nobody listening), and `all`. Each line prints its ratio to `bare`.
+(-E, nobody listening), and `all`. Each line prints its ratio to `bare` and the worker's
+CPU per task (all its threads: the history's SQLite writes run on a thread of their own).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def variants() -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-async def one(url: str, kind: str, n: int, extra: list[str], env: dict[str, str]) -> float:
+async def one(
+    url: str, kind: str, n: int, extra: list[str], env: dict[str, str]
+) -> tuple[float, float]:
     producer = build(url)
     await producer.broker.purge("default")
     if kind == "noop":
@@ -50,9 +53,9 @@ async def one(url: str, kind: str, n: int, extra: list[str], env: dict[str, str]
     else:
         io = producer.tasks["bench.io"]
         results = [await io.send(0.05) for _ in range(n)]
-    rate, _cpu = await drain(producer, results, url, *extra, env=env)
+    rate, cpu_us = await drain(producer, results, url, *extra, env=env)
     await producer.aclose()
-    return rate
+    return rate, cpu_us
 
 
 async def main() -> None:
@@ -66,15 +69,19 @@ async def main() -> None:
     print(f"broker and backend: {options.url}; {options.tasks} tasks a noop drain, -c 200")
     for kind, n in (("noop", options.tasks), ("io", options.tasks // 4)):
         rates: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         for _ in range(options.rounds):
             for name, (extra, env) in variants().items():
                 if name not in chosen:
                     continue
-                rates.setdefault(name, []).append(await one(options.url, kind, n, extra, env))
+                rate, cpu_us = await one(options.url, kind, n, extra, env)
+                rates.setdefault(name, []).append(rate)
+                cpus.setdefault(name, []).append(cpu_us)
         bare = statistics.median(rates["bare"])
         for name, found in rates.items():
-            rate = statistics.median(found)
-            print(f"{kind:>4} {name:>15}: {rate:7.0f} tasks/s   vs bare {rate / bare:.2f}")
+            rate, cpu_us = statistics.median(found), statistics.median(cpus[name])
+            print(f"{kind:>4} {name:>15}: {rate:7.0f} tasks/s   vs bare {rate / bare:.2f}"
+                  f"   worker CPU {cpu_us:5.0f} us/task")  # fmt: skip
 
 
 if __name__ == "__main__":

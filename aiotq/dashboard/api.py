@@ -51,6 +51,7 @@ async def task(request: Request) -> Response:
     if record is None:
         return refused(404, f"no task {task_id!r} in the history, and no worker holds it")
     payload = msgspec.to_builtins(record, enc_hook=repr)
+    payload["timeline"] = record.timeline  # read from the record's times, not a field
     payload["retry_blocked"] = data.retry_blocker(app, record)
     payload["held"] = False
     if history is not None:

@@ -38,7 +38,7 @@ from .pools import apply_pool
 from .presence import Announcer, rss_bytes
 from .publisher import ResultPublisher
 from .recorder import HistoryRecorder
-from .taskevents import TaskEvents
+from .taskevents import RunSink, TaskEvents
 
 if TYPE_CHECKING:
     from ..app import App
@@ -134,14 +134,14 @@ class Worker:
                                 ttl_s=settings.event_ttl_s)  # fmt: skip
         history = self.app.history
         recorder = HistoryRecorder(history) if history is not None else None
-        sinks = [recorder.feed] if recorder is not None else []
+        sinks: list[RunSink] = [recorder] if recorder is not None else []
         metrics = None
         if self.metrics_port:  # prometheus_client is imported only for a worker that serves
             from ..metrics import TaskMetrics
 
             metrics = TaskMetrics(self.hostname)
         if metrics is not None:
-            sinks.append(metrics.feed)
+            sinks.append(metrics)
         task_events = TaskEvents(dispatcher, self.send_events, settings.event_value_max, sinks)
         executor = Executor(
             self.app, self.hostname, self.threads, self.processes, task_events, sender=self
