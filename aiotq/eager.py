@@ -3,7 +3,8 @@
 The run is the worker's, minus the broker and the backend: the request (`is_eager=True`),
 before_start, the handlers and the task signals, retries (run again at once; countdowns are
 not waited for, as in Celery) and autoretry_for. Nothing is stored: the outcome is kept in
-the EagerResult. A sync task runs in a thread, so it may send (eagerly) in turn.
+the EagerResult. A sync task runs in a thread, so it may send (eagerly) in turn. Unique
+jobs (`unique=`, `unique_key=`) are not deduplicated: nothing is queued to hold a key for.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ bad URL fails at the first send, naming it).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import time
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
+from . import unique
 from ._portal import Portal
 from .brokers.base import Outgoing
 from .events import send_sent
 from .exceptions import ConfigurationError
-from .protocol import CODECS, Message, chord_ref, signature_list
+from .protocol import CODECS, READY_STATES, Message, chord_ref, decode_record, signature_list
 from .request import current_request
 from .routing import Topology, resolve_route
 from .settings import Config, Settings
@@ -42,7 +44,7 @@ SEND_OPTIONS = frozenset(
         "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority",
         "task_id", "headers", "ignore_result", "link", "link_error", "time_limit",
         "soft_time_limit", "serializer", "retries", "parent_id", "root_id", "group_id",
-        "chain", "chord",
+        "chain", "chord", "unique_key",
     }
 )  # fmt: skip
 
@@ -69,6 +71,7 @@ class _Outgoing:
     serializer: str | None
     queues: list[str]
     exchange: str | None
+    unique: tuple[str, float] | None = None  # (lease name, TTL from now): a unique job
 
 
 class Registered(Protocol):
@@ -77,8 +80,11 @@ class Registered(Protocol):
     expires: float | None
     queue: str | None
     priority: int | None
+    unique_ttl: float | None
 
     def check_call(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None: ...
+
+    def unique_key_of(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None: ...
 
 
 # one call for `send_many`: (task name, args, kwargs, options, the registered task or None)
@@ -121,19 +127,30 @@ class Producer:
         options: dict[str, Any],
         task: Registered | None = None,
     ) -> str:
-        """Check, route, encode and publish one task call; return its id."""
+        """Check, route, encode and publish one task call; return its id (a unique job
+        whose key another task holds publishes nothing and returns that task's id)."""
         out = await self._prepare(name, args, kwargs, options, task)
-        message, publishes = await self._encoded(
-            out.message, out.serializer, out.queues, out.exchange
-        )
-        exchange = out.exchange
-        del out  # nothing of the message but its id is kept while the broker confirms...
-        keep = after_task_publish.has_receivers() or self._follow_ups
-        task_id, kept = message.id, message if keep else None
-        del message  # ...unless something after the publish needs it
-        publish = self.wiring.broker.publish
-        for queue, body, headers, delay_s, priority in publishes:
-            await publish(queue, body, headers, delay_s=delay_s, priority=priority)
+        task_id, held = out.message.id, out.unique
+        if held is not None:
+            first = await unique.claim(self._coordinator, held[0], task_id, held[1], self._finished)
+            if first is not None:
+                return first
+        try:
+            message, publishes = await self._encoded(
+                out.message, out.serializer, out.queues, out.exchange
+            )
+            exchange = out.exchange
+            del out  # nothing of the message but its id is kept while the broker confirms...
+            keep = after_task_publish.has_receivers() or self._follow_ups
+            kept = message if keep else None
+            del message  # ...unless something after the publish needs it
+            publish = self.wiring.broker.publish
+            for queue, body, headers, delay_s, priority in publishes:
+                await publish(queue, body, headers, delay_s=delay_s, priority=priority)
+        except BaseException:
+            if held is not None:  # it never left: its key is free at once, not after the TTL
+                await unique.unclaim(self._coordinator, [(held[0], task_id)])
+            raise
         if kept is not None:
             await self._published(kept, exchange)
             await self._sent(kept)
@@ -155,22 +172,72 @@ class Producer:
                 prepared.append(await self._prepare(name, args, kwargs, options, task))
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"{what} {index}: {exc}") from None
-        outgoing: list[Outgoing] = []
-        messages: list[Message] = []
-        for index, out in enumerate(prepared):
-            try:
-                message, publishes = await self._encoded(
-                    out.message, out.serializer, out.queues, out.exchange
-                )
-            except TypeError as exc:
-                raise TypeError(f"{what} {index}: {exc}") from None
-            messages.append(message)
-            outgoing.extend(publishes)
-        await self.wiring.broker.publish_many(outgoing)
-        for message, out in zip(messages, prepared, strict=True):
-            await self._published(message, out.exchange)
+        ids = [out.message.id for out in prepared]
+        claims = await self._claim_many(prepared, ids)
+        try:
+            outgoing: list[Outgoing] = []
+            sent: list[tuple[Message, str | None]] = []
+            for index, out in enumerate(prepared):
+                if ids[index] != out.message.id:
+                    continue  # a unique job queued already: its holder's id is handed out
+                try:
+                    message, publishes = await self._encoded(
+                        out.message, out.serializer, out.queues, out.exchange
+                    )
+                except TypeError as exc:
+                    raise TypeError(f"{what} {index}: {exc}") from None
+                sent.append((message, out.exchange))
+                outgoing.extend(publishes)
+            await self.wiring.broker.publish_many(outgoing)
+        except BaseException:
+            if claims:
+                await unique.unclaim(self._coordinator, claims)
+            raise
+        for message, exchange in sent:
+            await self._published(message, exchange)
             await self._sent(message)
-        return [message.id for message in messages]
+        return ids
+
+    async def _claim_many(
+        self, prepared: Sequence[_Outgoing], ids: list[str]
+    ) -> list[tuple[str, str]]:
+        """Take the keys of a batch's unique jobs at once: where another task (or another call
+        of the batch) holds a key, `ids` gets its id. Returns the keys taken here."""
+        keyed = [(i, out.unique) for i, out in enumerate(prepared) if out.unique is not None]
+        if not keyed:
+            return []
+        coordinator = self._coordinator
+        firsts = await asyncio.gather(
+            *(
+                unique.claim(coordinator, lease, ids[i], ttl_s, self._finished)
+                for i, (lease, ttl_s) in keyed
+            ),
+            return_exceptions=True,
+        )
+        claims: list[tuple[str, str]] = []
+        error: BaseException | None = None
+        for (index, (lease, _)), first in zip(keyed, firsts, strict=True):
+            if isinstance(first, BaseException):
+                error = error or first
+            elif first is None:
+                claims.append((lease, ids[index]))
+            else:
+                ids[index] = first
+        if error is not None:
+            await unique.unclaim(coordinator, claims)
+            raise error
+        return claims
+
+    async def _finished(self, task_id: str) -> bool:
+        """Whether the task's final result is stored (a unique key's holder that is done)."""
+        data = await self.wiring.backend.get(task_id)
+        return data is not None and decode_record(data).state in READY_STATES
+
+    @property
+    def _coordinator(self) -> Coordinator:
+        coordinator = self.wiring.coordinator
+        assert coordinator is not None  # _prepare refuses a unique job without one
+        return coordinator
 
     async def _prepare(
         self,
@@ -200,6 +267,12 @@ class Producer:
         now = time.time()
         if countdown is not None:
             eta_at_s = now + float(countdown)
+        headers = dict(opt.get("headers") or {})
+        held = self._unique(name, args, kwargs, opt, task)
+        if held is not None:  # the worker gives the key up (or renews it) by these
+            headers[unique.HEADER], headers[unique.TTL_HEADER] = held
+            # held from now until the task is due, and for its TTL after that
+            held = held[0], held[1] + max(0.0, (eta_at_s or now) - now)
         expires = opt.get("expires", task.expires if task else None)
         queue = opt.get("queue") or (task.queue if task else None) or settings.task_default_queue
         targets = wiring.topology.targets(queue, opt.get("exchange"), opt.get("routing_key"))
@@ -226,12 +299,45 @@ class Producer:
             priority=opt.get("priority", task.priority if task else settings.task_default_priority),
             queue=targets[0],
             routing_key=opt.get("routing_key"),
-            headers=dict(opt.get("headers") or {}),
+            headers=headers,
             sent_at_s=now,
         )
         if message.priority is not None and not 0 <= message.priority <= 9:
             raise ValueError(f"priority of {name} must be 0-9 (9 first), got {message.priority}")
-        return _Outgoing(message, opt.get("serializer"), targets, opt.get("exchange"))
+        return _Outgoing(message, opt.get("serializer"), targets, opt.get("exchange"), held)
+
+    def _unique(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        opt: Mapping[str, Any],
+        task: Registered | None,
+    ) -> tuple[str, float] | None:
+        """(lease name, TTL) of a unique job, or None. A task's own `unique=` does not apply
+        to a send that fixed its task_id (a canvas member, a callback: their ids are awaited
+        already); `unique_key=` always does."""
+        key = opt.get("unique_key")
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"unique_key of {name} must be a non-empty str, got {key!r}")
+            if opt.get("group_id") or opt.get("chord"):
+                raise TypeError(
+                    f"unique_key of {name}: a member of a group or chord cannot be"
+                    " deduplicated (the canvas counts each member's own result)"
+                )
+        elif task is not None and "task_id" not in opt:
+            key = task.unique_key_of(args, kwargs)
+        if key is None:
+            return None
+        wiring = self.wiring
+        if wiring.coordinator is None:
+            raise ConfigurationError(
+                f"{name} is a unique job, which needs a result backend that can hold its key"
+                f" (redis://, sqlite://); {wiring.backend.url} keeps nothing"
+            )
+        ttl_s = task.unique_ttl if task is not None else None
+        return unique.lease_name(name, key), ttl_s or wiring.settings.task_unique_ttl_s
 
     async def _sent(self, message: Message) -> None:
         """What follows a send that left: the sent counter and the task-sent event."""
@@ -314,6 +420,11 @@ def call_pairs(
     """`send_many`'s items as (args, kwargs) pairs, or a TypeError naming the bad index."""
     if "task_id" in options:
         raise TypeError(f"send_many of {name}: one task_id cannot be shared by every call")
+    if options.get("unique_key") is not None:
+        raise TypeError(
+            f"send_many of {name}: one unique_key would make every call the same job; key"
+            " each call with @task(unique=...)"
+        )
     pairs = []
     for index, call in enumerate(calls):
         if not (

@@ -119,6 +119,9 @@ class Settings(msgspec.Struct, kw_only=True):
     task_default_retry_delay_s: float = 180.0
     # delivered this often without finishing (it killed its worker?): dead-lettered, not run
     task_max_deliveries: int | None = 5
+    # unique jobs (`unique=` / `unique_key=`): how long a key is held once its task is due,
+    # if no worker finishes it (one that died); a task's `unique_ttl=` wins
+    task_unique_ttl_s: float = 3600.0
     # larger results fail with a clear error instead of a store that can never succeed
     # (Redis's proto-max-bulk-len is 512 MB, RabbitMQ's max message size 128 MB)
     result_max_bytes: int = 64 * 1024 * 1024
@@ -162,6 +165,13 @@ class Settings(msgspec.Struct, kw_only=True):
     # and socket_connect_timeout set aiotq's settings (unless set by name); other keys are
     # accepted and ignored (each broker has its own settings here)
     broker_transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Celery's result_backend_transport_options: a sentinel:// backend's master_name and
+    # sentinel_kwargs (a backend on the broker's own URL uses broker_transport_options)
+    result_backend_transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Redis with replicas (Sentinel, Cluster): a send and a result store return only once
+    # this many replicas confirm them (WAIT), else they are retried (docs/deployment.md)
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_s: float = 1.0
     broker_pool_size: int = 10
     broker_connection_timeout_s: float = 5.0
     broker_connection_retry_on_startup: bool = True
@@ -272,6 +282,8 @@ def _normalise(name: str, value: Any) -> Any:
         return value.total_seconds()
     if name in ("accept_content", "imports", "include") and isinstance(value, (tuple, set)):
         return list(value)
+    if name == "broker_url" and isinstance(value, (list, tuple)):  # Celery's failover list
+        return ";".join(value)  # kombu's other spelling of it: one URL per node
     if name == "worker_pool" and value == "processes":  # Celery's other name for prefork
         return "prefork"
     return value

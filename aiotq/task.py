@@ -32,6 +32,7 @@ from .request import Request, current_request, worker_loop
 from .result import AsyncResult, EagerResult
 from .settings import parse_rate
 from .trace import HANDLER_NAMES, ExceptionInfo, Handlers
+from .unique import Unique, checked, checked_ttl, key_of
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -47,7 +48,7 @@ TASK_OPTIONS = frozenset(
         "queue", "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max",
         "retry_jitter", "autoretry_for", "retry_kwargs", "time_limit", "soft_time_limit",
         "acks_late", "ignore_result", "rate_limit", "expires", "executor", "priority",
-        "max_deliveries", "typing", "rate_limit_scope",
+        "max_deliveries", "typing", "rate_limit_scope", "unique", "unique_ttl",
     }
 )  # fmt: skip
 
@@ -78,6 +79,10 @@ class Task(Generic[P, R]):
     priority: int | None = None
     max_deliveries: int | None = None  # None: the task_max_deliveries setting
     typing: bool = True
+    # one queued or running task per key (aiotq/unique.py): True keys on name + args +
+    # kwargs, "args" on name + positional args, a callable (args, kwargs) returns the key
+    unique: Unique = False
+    unique_ttl: float | None = None  # None: the task_unique_ttl_s setting
 
     def __init__(
         self,
@@ -170,6 +175,8 @@ class Task(Generic[P, R]):
         self.priority = value["priority"]
         self.max_deliveries = value["max_deliveries"]
         self.typing = value["typing"]
+        self.unique = checked(self.name, value["unique"])
+        self.unique_ttl = checked_ttl(self.name, value["unique_ttl"])
         # which handlers this class overrides: looked at once here, never per run
         self.custom_handlers = Handlers.of(self, Task)
 
@@ -260,6 +267,10 @@ class Task(Generic[P, R]):
                 self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+
+    def unique_key_of(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        """This call's unique-job key under `unique=` (None: not deduplicated)."""
+        return key_of(self.name, self.unique, args, kwargs) if self.unique is not False else None
 
     def apply(
         self,

@@ -4,6 +4,9 @@ The result publisher runs these after the store and before the ack, so a worker 
 between has its message redelivered and the follow-ups still happen (at least once). A chord
 tolerates the duplicate count that redelivery can cause: it fires when the count reaches its
 size *and* every member's result is ready, and a second counter makes the firing happen once.
+
+A unique job's key (aiotq/unique.py) is given up here when the task is done, and renewed
+when it retries.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -31,6 +35,9 @@ from ..protocol import (
     result_ids,
     terminal_refs,
 )
+from ..unique import HEADER as UNIQUE_HEADER
+from ..unique import TTL_HEADER as UNIQUE_TTL_HEADER
+from ..unique import held
 
 if TYPE_CHECKING:
     from ..app import App
@@ -86,13 +93,57 @@ class FollowUps:
                 sig.link(Signature.from_data(link, self.app))
             for errback in message.link_error:
                 sig.link_error(Signature.from_data(errback, self.app))
-            last_task(sig).options["task_id"] = message.id
+            last = last_task(sig)
+            last.options["task_id"] = message.id
+            if UNIQUE_HEADER in message.headers:  # the key is given up when the last one ends
+                last.options["headers"] = {
+                    **(last.options.get("headers") or {}),
+                    UNIQUE_HEADER: message.headers[UNIQUE_HEADER],
+                    UNIQUE_TTL_HEADER: message.headers.get(UNIQUE_TTL_HEADER),
+                }
             if message.chain:
                 steps = [Signature.from_data(step, self.app) for step in message.chain]
                 sig = chain(sig, *steps, app=self.app)
             if message.chord is not None:
                 sig._report_to(message.chord)
             await sig.aapply_async(parent_id=message.id, root_id=message.root_id or message.id)
+
+    async def release_unique(
+        self, message: Message, then: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        """The task is done: its unique key is free for the next send (only if it still
+        holds it: after a TTL lapse another task may), then `then`, the other follow-ups."""
+        key, coordinator = held(message.headers), self.app.coordinator
+        if key is not None and coordinator is not None:
+            try:
+                await coordinator.release(key[0], message.id)
+            except Transient:
+                raise  # run again by the publisher, the message unacknowledged meanwhile
+            except Exception as exc:  # the TTL frees it
+                log.error("could not give up unique key %s of task %s: %r", key[0], message.id,
+                          exc)  # fmt: skip
+        if then is not None:
+            await then()
+
+    async def keep_unique(
+        self, message: Message, countdown_s: float, then: Callable[[], Awaitable[None]]
+    ) -> None:
+        """A retry: the task is queued again, so its key is held until the retry is due and
+        for its TTL after that (renewed, if it still holds it), then `then` sends it."""
+        key, coordinator = held(message.headers), self.app.coordinator
+        if key is not None and coordinator is not None:
+            name, ttl_s = key
+            ttl_s = (ttl_s or self.app.conf.settings.task_unique_ttl_s) + countdown_s
+            try:
+                if not await coordinator.lease(name, message.id, ttl_s):
+                    log.warning("unique key %s lapsed while task %s ran; another task holds it",
+                                name, message.id)  # fmt: skip
+            except Transient:
+                raise
+            except Exception as exc:  # not a reason to lose the retry
+                log.error("could not renew unique key %s of task %s: %r", name, message.id,
+                          exc)  # fmt: skip
+        await then()
 
     async def after_failure(self, message: Message, record: ResultRecord) -> None:
         with self.app.producer.tracing.resumed(message):

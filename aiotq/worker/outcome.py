@@ -4,6 +4,10 @@ Data only: nothing here talks to a broker or a backend. The executor (execute.py
 task and asks this module for the outcome; the result publisher acts on outcomes in one
 order (store the record, run the follow-ups, settle the message). A retry is an outcome
 too: its RETRY record, then the new message published as a follow-up, then the ack.
+
+A unique job (aiotq/unique.py) gives its key up as the first follow-up of a final outcome
+(success, final failure, revoked or expired, dead-lettered) and renews it on a retry; a
+requeued message (rejected with requeue, a lost process) keeps it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import msgspec
 from ..exceptions import BackendError, Reject, Retry
 from ..protocol import CODECS, Failure, Message, ResultRecord, State
 from ..settings import Settings
+from ..unique import HEADER as UNIQUE_HEADER
 from .followups import FollowUps, children_of, has_followups
 
 if TYPE_CHECKING:
@@ -118,8 +123,9 @@ class Decide:
         after = None
         if has_followups(message):
             after = partial(self.followups.after_failure, message, record)
-        return Outcome(message.id, self._encode(record), delivery, Settle.DEAD_LETTER, str(exc),
-                       after=after, state="FAILURE", failure=failure)  # fmt: skip
+        outcome = Outcome(message.id, self._encode(record), delivery, Settle.DEAD_LETTER,
+                          str(exc), after=after, state="FAILURE", failure=failure)  # fmt: skip
+        return self._final(message, outcome)
 
     def started(self, task: Task[Any, Any], message: Message) -> Outcome | None:
         if not self.settings.task_track_started or self.ignored(task, message):
@@ -161,7 +167,8 @@ class Decide:
         after = None
         if has_followups(message):
             after = partial(self.followups.after_success, message, value)
-        return Outcome(message.id, data, delivery, settle, after=after, state="SUCCESS")
+        outcome = Outcome(message.id, data, delivery, settle, after=after, state="SUCCESS")
+        return self._final(message, outcome)
 
     def failed(
         self,
@@ -177,8 +184,9 @@ class Decide:
         after = None
         if has_followups(message):
             after = partial(self.followups.after_failure, message, record)
-        return Outcome(message.id, self._encode(record), delivery, settle, after=after,
-                       state=state, failure=failure)  # fmt: skip
+        outcome = Outcome(message.id, self._encode(record), delivery, settle, after=after,
+                          state=state, failure=failure)  # fmt: skip
+        return self._final(message, outcome)
 
     def retried(
         self, message: Message, retry: Retry, delivery: Delivery, settle: Settle
@@ -198,10 +206,12 @@ class Decide:
         )  # fmt: skip
         if self.extended:
             record = self._extend(record, message, delivery)
+        after: Callable[[], Awaitable[None]] = partial(self._publish, again)
+        if UNIQUE_HEADER in message.headers:  # still queued: its key held past the countdown
+            after = partial(self.followups.keep_unique, message, retry.countdown_s, after)
         return Outcome(
             message.id, self._encode(record), delivery, settle,
-            after=partial(self._publish, again), after_must_succeed=True, state="RETRY",
-            failure=record.failure,
+            after=after, after_must_succeed=True, state="RETRY", failure=record.failure,
         )  # fmt: skip
 
     def replaced(
@@ -213,12 +223,24 @@ class Decide:
         return Outcome(message.id, None, delivery, settle, after=after, after_must_succeed=True)
 
     def rejected(self, message: Message, reject: Reject, delivery: Delivery) -> Outcome:
-        how = Settle.REQUEUE if reject.requeue else Settle.DEAD_LETTER
-        return Outcome(message.id, None, delivery, how, reject.reason, state="REJECTED")
+        if reject.requeue:  # back in its queue: still the job that holds its key
+            return Outcome(message.id, None, delivery, Settle.REQUEUE, reject.reason,
+                           state="REJECTED")  # fmt: skip
+        outcome = Outcome(message.id, None, delivery, Settle.DEAD_LETTER, reject.reason,
+                          state="REJECTED")  # fmt: skip
+        return self._final(message, outcome)
 
     def lost(self, message: Message, reason: str, delivery: Delivery) -> Outcome:
         """Its process died (or was ended for another task's time limit): run it again."""
         return Outcome(message.id, None, delivery, Settle.REQUEUE, reason)
+
+    def _final(self, message: Message, outcome: Outcome) -> Outcome:
+        """A unique job's last outcome gives its key up, before the other follow-ups: the
+        publisher runs them all again after an error that may pass, and a release is
+        idempotent where a link sent twice is not."""
+        if UNIQUE_HEADER in message.headers:
+            outcome.after = partial(self.followups.release_unique, message, outcome.after)
+        return outcome
 
     def _failure_record(
         self, message: Message, failure: Failure, state: State, delivery: Delivery | None
