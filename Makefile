@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-cluster lint docs demo bench bench-quick clean
+.PHONY: install test test-cluster screenshots lint docs demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not cluster"
+
+# the dashboard's screenshots in docs/img, taken by its browser tests (needs chromium)
+screenshots: $(STAMP)
+	AIOTQ_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_dashboard_browser.py
 
 # Redis Cluster, Sentinel and a three-node RabbitMQ cluster, each started by its test
 test-cluster: $(STAMP)
