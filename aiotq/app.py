@@ -12,8 +12,8 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from . import eager_canvas, shared
 from . import result as _result
-from . import shared
 from ._sqlite import default_url
 from .backends import make_backend, make_coordinator
 from .backends.base import make_history, reply_routing
@@ -87,6 +87,7 @@ class App:
         self._backend: ResultStore | None = None
         self._wired: Wiring | None = None
         self.producer = Producer(main, self.conf, self.tasks, self._wiring)
+        self.producer.eager_canvas = eager_canvas.apply
         # autodiscover's (packages: a list, a callable giving one, None: Django's apps; related)
         self._autodiscover: list[
             tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str | None]

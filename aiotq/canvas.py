@@ -188,6 +188,8 @@ class Signature:
     ) -> Any:
         """Send it; extra args (a parent's result) are prepended unless it is immutable."""
         producer = self._app()
+        if producer.conf.settings.task_always_eager and producer.eager_canvas is not None:
+            return await producer.eager_canvas(self, args, kwargs, options)
         task_id = await producer.send(*self._call(args, kwargs, options))
         return AsyncResult(task_id, producer, task_name=self.task)
 
@@ -247,7 +249,10 @@ class _Canvas(Signature):
     async def aapply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
-        replies = self._app().wiring.replies
+        producer = self._app()
+        if producer.conf.settings.task_always_eager and producer.eager_canvas is not None:
+            return await producer.eager_canvas(self.clone(), args, kwargs, options)
+        replies = producer.wiring.replies
         keeps = replies is None or replies.keeps_results
         if not isinstance(self, group) and not keeps:
             raise TypeError(

@@ -14,7 +14,7 @@ import functools
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -89,6 +89,8 @@ class Registered(Protocol):
 
 # one call for `send_many`: (task name, args, kwargs, options, the registered task or None)
 Call = tuple[str, Sequence[Any], dict[str, Any], dict[str, Any], Registered | None]
+# (signature, extra args, extra kwargs, options) -> its eager result(s)
+EagerCanvas = Callable[[Any, Sequence[Any], dict[str, Any] | None, dict[str, Any]], Awaitable[Any]]
 
 
 class Producer:
@@ -102,6 +104,9 @@ class Producer:
         self.portal = Portal(name)
         self._wire = wire
         self._tracing: Tracing | None = None
+        # runs a signature here and now under task_always_eager: set by the App
+        # (aiotq/eager_canvas.py sits above the canvas, which calls it through this)
+        self.eager_canvas: EagerCanvas | None = None
 
     @property
     def tracing(self) -> Tracing:

@@ -10,7 +10,19 @@ from typing import Any
 
 import pytest
 
-from aiotq import App, ConfigurationError, EagerResult, Task, shared, shared_task, signals
+from aiotq import (
+    App,
+    ConfigurationError,
+    EagerResult,
+    NotRegistered,
+    Task,
+    chain,
+    chord,
+    group,
+    shared,
+    shared_task,
+    signals,
+)
 from aiotq.testing import run_worker
 
 
@@ -94,6 +106,67 @@ def test_eager_failures_are_kept_or_raised_per_task_eager_propagates() -> None:
 
     with pytest.raises(ValueError, match="raised at once"):
         boom2.delay()
+
+
+def test_always_eager_runs_canvas_here_and_now() -> None:
+    """Celery's task_always_eager runs whole workflows at send: signatures, chains, groups,
+    chords (a nested one too), links and errbacks, with no broker or worker anywhere."""
+    app = App("eager-canvas", broker="memory://", task_always_eager=True)
+    ran: list[str] = []
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        ran.append(f"add{x},{y}")
+        return x + y
+
+    @app.task
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task
+    def boom(x: int) -> None:
+        raise ValueError(f"no {x}")
+
+    @app.task
+    def noted(*args: Any) -> None:
+        ran.append(f"noted{args!r}")
+
+    assert add.s(1, 2).delay().get() == 3
+    assert chain(add.s(1, 2), add.s(10), add.s(100)).apply_async().get() == 113
+    assert (add.s(1, 1) | add.s(5)).delay().get() == 7
+    assert group(add.s(1, 1), add.s(2, 2)).apply_async().get() == [2, 4]
+    assert chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async().get() == 6
+    nested = chord([chain(add.s(1, 1), add.s(1)), group(add.s(2, 2), add.s(3, 3))], tsum.si([7]))
+    assert nested.apply_async().get() == 7  # an immutable body ignores the header's results
+    ran.clear()
+    failed = chain(add.s(1, 1), boom.s(), add.s(1)).apply_async()
+    assert failed.state == "FAILURE" and isinstance(failed.result, ValueError)
+    assert ran == ["add1,1"]  # the step after the failure never ran
+    linked = add.s(2, 2)
+    linked.link(noted.s())
+    linked.delay()
+    assert ran[-1] == "noted(4,)"
+    erring = boom.s(9)
+    erring.link_error(noted.s())
+    erring.delay()
+    assert ran[-1].startswith("noted(") and "no 9" in ran[-1]
+    with pytest.raises(ValueError, match="no 5"):
+        chord([add.s(1, 1), boom.s(5)], tsum.s()).apply_async().get()
+    ghost = app.signature("proj.not_here", (1,))
+    with pytest.raises(NotRegistered, match="not registered in this app"):
+        ghost.delay()
+
+
+async def test_always_eager_canvas_in_async_code() -> None:
+    app = App("eager-canvas-async", broker="memory://", task_always_eager=True)
+
+    @app.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    result = await chain(double.s(3), double.s(), double.s()).send()
+    assert isinstance(result, EagerResult) and await result.get() == 24
+    assert await (await group(double.s(1), double.s(2)).send()).get() == [2, 4]
 
 
 async def test_eager_in_async_code_retries_handlers_and_signals() -> None:
