@@ -47,6 +47,8 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
     "broker_connection_retry_on_startup": "broker_connection_retry_on_startup",
     "broker_pool_limit": "broker_pool_size",
     "broker_transport_options": "broker_transport_options",
+    "result_backend_transport_options": "result_backend_transport_options",
+    "celery_result_backend_transport_options": "result_backend_transport_options",
     "result_backend": "result_backend",
     "celery_result_backend": "result_backend",
     "result_expires": "result_expires_s",
@@ -134,7 +136,10 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
         "broker_heartbeat broker_heartbeat_checkrate",
         "RabbitMQ: write ?heartbeat=<seconds> into broker_url",
     ),
-    **_unsupported("broker_failover_strategy", "one broker_url, no failover list"),
+    **_unsupported(
+        "broker_failover_strategy",
+        "RabbitMQ: the URLs of a failover list in broker_url are tried in order, round-robin",
+    ),
     **_unsupported(
         "broker_connection_retry broker_connection_max_retries broker_channel_error_retry "
         "broker_login_method broker_pool_acquire_timeout"
@@ -213,10 +218,7 @@ CELERY_SETTINGS: dict[str, str | Unsupported] = {
         "celery_result_backend_max_sleep_between_retries_ms",
         _STORE_RETRIED,
     ),
-    **_unsupported(
-        "result_accept_content result_backend_transport_options "
-        "celery_result_backend_transport_options result_cache_max celery_max_cached_results"
-    ),
+    **_unsupported("result_accept_content result_cache_max celery_max_cached_results"),
     **_unsupported(
         "result_chord_join_timeout celery_result_chord_join_timeout "
         "result_chord_retry_interval celery_result_chord_retry_interval",

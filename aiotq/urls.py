@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
@@ -17,8 +17,11 @@ T = TypeVar("T")
 
 def mask_password(url: str) -> str:
     """`redis://:secret@h:6379/0` -> `redis://:**@h:6379/0`; never log a URL without this.
+    A Sentinel URL is several joined by `;`: each is masked.
 
     Never raises: it runs in the error messages about bad URLs (a port that is no number)."""
+    if ";" in url:
+        return ";".join(mask_password(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -31,7 +34,10 @@ def mask_password(url: str) -> str:
 
 
 def check_port(url: str, what: str) -> int | None:
-    """A port that is no number (or out of range) fails here, before any connection."""
+    """A port that is no number (or out of range) fails here, before any connection. A URL
+    of several hosts (Sentinel's `;`, Cluster's `,`) is checked by its own parser."""
+    if ";" in url or "," in url.partition("://")[2].partition("/")[0]:
+        return None
     try:
         return urlsplit(url).port
     except ValueError as exc:
@@ -117,3 +123,92 @@ def redis_url(url: str) -> str:
                 )
             pairs[index] = f"{key}{equals}{reqs}"
     return f"{scheme}://{head}?{'&'.join(pairs)}"
+
+
+class Nodes(NamedTuple):
+    """The servers a Sentinel or Cluster URL names, and what each connection carries."""
+
+    nodes: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    db: int
+
+
+SENTINEL_PORT = 26379
+
+
+def _db(path: str, url: str) -> int:
+    db = path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigurationError(f"bad db {db!r} in Redis URL {mask_password(url)!r}: a number")
+    return int(db)
+
+
+def _host_port(hostport: str, default_port: int, url: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(f"//{hostport}")
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad port in Redis URL {mask_password(url)!r}: {exc}") from None
+    if not parts.hostname:
+        raise ConfigurationError(f"no host in {hostport!r} of Redis URL {mask_password(url)!r}")
+    return parts.hostname, port
+
+
+def db_of(url: str) -> int:
+    """The db a redis:// URL names (its path, or `?db=`); 0 when none."""
+    parts = urlsplit(url)
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "db" and value.isdigit():
+            return int(value)
+    path = parts.path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+def sentinel_nodes(url: str) -> Nodes:
+    """kombu's `sentinel://[:password@]host:26379[/db];sentinel://host2:26380`: the sentinels
+    to ask for the master. The password (of the first part with one) and the db are the
+    master's; the sentinels' own password goes in `sentinel_kwargs`, as kombu takes it."""
+    nodes: list[tuple[str, int]] = []
+    username = password = None
+    db = 0
+    for part in url.split(";"):
+        scheme, _, rest = part.strip().partition("://")
+        if scheme.lower() != "sentinel":
+            raise ConfigurationError(
+                f"each part of a Sentinel URL starts with sentinel:// "
+                f"(host:26379;...): {mask_password(url)!r}"
+            )
+        parts = urlsplit(f"//{rest}")
+        if parts.query:
+            raise ConfigurationError(
+                f"no query options on a sentinel:// URL ({mask_password(url)!r}): give them "
+                f"in broker_transport_options (result_backend_transport_options)"
+            )
+        nodes.append(_host_port(parts.netloc.rpartition("@")[2], SENTINEL_PORT, url))
+        if password is None and parts.password is not None:
+            username, password = parts.username or None, unquote(parts.password)
+        if parts.path.strip("/"):
+            db = _db(parts.path, url)
+    return Nodes(nodes, username and unquote(username), password, db)
+
+
+def cluster_nodes(url: str) -> Nodes:
+    """`redis+cluster://[user:password@]host:port,host:port`: seed nodes of a Redis Cluster
+    (one that answers is enough: it names the others). A cluster has db 0 only."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, _, secret = userinfo.partition(":")
+    nodes = [_host_port(hostport, 6379, url) for hostport in hosts.split(",") if hostport]
+    if not nodes:
+        raise ConfigurationError(f"no host in Redis Cluster URL {mask_password(url)!r}")
+    if _db(parts.path, url) != 0:
+        raise ConfigurationError(
+            f"Redis Cluster has db 0 only: {mask_password(url)!r} names another"
+        )
+    if parts.query:
+        raise ConfigurationError(
+            f"no query options on a redis+cluster:// URL: {mask_password(url)!r}"
+        )
+    return Nodes(nodes, unquote(user) or None, unquote(secret) if at and secret else None, 0)

@@ -25,12 +25,23 @@ def _redis(url: str, settings: Settings, broker: Broker) -> Any:
         return _celery_redis(url, settings, broker)
     from .redis import RedisBackend
 
-    return RedisBackend(
-        redis_url(url),
-        pool_size=settings.broker_pool_size,
-        connect_timeout_s=settings.broker_connection_timeout_s,
-        socket_timeout_s=settings.broker_socket_timeout_s,
-    )
+    return RedisBackend(redis_url(url), **_redis_options(url, settings))
+
+
+def _redis_options(url: str, settings: Settings) -> dict[str, Any]:
+    """A backend on the broker's own URL takes broker_transport_options (a sentinel://'s
+    master_name) unless result_backend_transport_options are set, as its URL is the same."""
+    options = settings.result_backend_transport_options
+    if not options and url == settings.broker_url:
+        options = settings.broker_transport_options
+    return {
+        "pool_size": settings.broker_pool_size,
+        "connect_timeout_s": settings.broker_connection_timeout_s,
+        "socket_timeout_s": settings.broker_socket_timeout_s,
+        "transport_options": options,
+        "wait_replicas": settings.redis_wait_replicas,
+        "wait_timeout_s": settings.redis_wait_timeout_s,
+    }
 
 
 def _celery_redis(url: str, settings: Settings, broker: Broker) -> Any:
@@ -39,9 +50,7 @@ def _celery_redis(url: str, settings: Settings, broker: Broker) -> Any:
     return CeleryRedisBackend(
         redis_url(url.removeprefix("celery+")),
         serializer=settings.result_serializer,
-        pool_size=settings.broker_pool_size,
-        connect_timeout_s=settings.broker_connection_timeout_s,
-        socket_timeout_s=settings.broker_socket_timeout_s,
+        **_redis_options(url, settings),
     )
 
 
@@ -64,6 +73,8 @@ SCHEMES = {
     "redis": _redis,
     "rediss": _redis,
     "redis+socket": _redis,
+    "sentinel": _redis,
+    "redis+cluster": _redis,
     "celery+redis": _celery_redis,  # Celery's result format whatever task_protocol says
     "celery+rediss": _celery_redis,
 }

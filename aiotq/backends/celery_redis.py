@@ -36,16 +36,9 @@ class CeleryRedisBackend(RedisBackend):
         url: str,
         *,
         serializer: str = "json",
-        pool_size: int = 10,
-        connect_timeout_s: float = 5.0,
-        socket_timeout_s: float | None = 10.0,
+        **options: Any,  # RedisBackend's: pool_size, timeouts, transport options, WAIT
     ) -> None:
-        super().__init__(
-            url,
-            pool_size=pool_size,
-            connect_timeout_s=connect_timeout_s,
-            socket_timeout_s=socket_timeout_s,
-        )
+        super().__init__(url, **options)
         self.codec = CODECS[serializer]  # Celery's result_serializer: how both sides read
 
     def __repr__(self) -> str:
@@ -69,15 +62,16 @@ class CeleryRedisBackend(RedisBackend):
         ttl_ms = max(1, int(ttl_s * 1000))
         encoded = [(meta_key(task_id), self._celery(data)) for task_id, data in items]
         async with self._clients.guarded(BackendConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for key, value in encoded:
                 pipe.set(key, value, px=ttl_ms)
-                pipe.publish(key, value)
-            await pipe.execute()
+                pipe.execute_command("PUBLISH", key, value)  # a Cluster's pipeline: by name
+            waits = self._clients.wait(pipe, [key for key, _ in encoded])
+            self._clients.replicated(await pipe.execute(), waits)
 
     async def get(self, task_id: str) -> bytes | None:
         async with self._clients.guarded(BackendConnectionError):
-            value: Any = await self._clients.get().get(meta_key(task_id))
+            value: Any = await (await self._clients.client()).get(meta_key(task_id))
         return None if value is None else self._aiotq(task_id, value)
 
     async def watch(self, task_id: str) -> AsyncIterator[bytes]:
@@ -101,4 +95,4 @@ class CeleryRedisBackend(RedisBackend):
 
     async def forget(self, task_id: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().delete(meta_key(task_id))
+            await (await self._clients.client()).delete(meta_key(task_id))

@@ -9,7 +9,9 @@
     {aiotq:h}:names           every task name seen
     {aiotq:h}:m:<minute>      per-minute counters (a hash: HINCRBY), with the max age as TTL
 
-Every key shares the hash tag `{aiotq:h}`, so it works on Cluster. A tick's finished records cost
+Every key shares the hash tag `{aiotq:h}`, so it works on Cluster: one slot holds the history
+(its scripts and multi-key reads never cross slots; pipelines there are not transactions,
+and nothing here needs one). A tick's finished records cost
 one round trip (one script writes them and their indexes). A page is one
 ZREVRANGEBYSCORE on the narrowest index (the intersection of several, kept 10 s, when more
 than one filter is given); `q` (a substring), `worker` and `queue` read the newest matches
@@ -101,7 +103,6 @@ class RedisHistory:
     async def write(self, records: Sequence[TaskRecord]) -> None:
         if not records:
             return
-        client: Any = self._clients.get()
         ttl_ms = int(self.max_age_s * 1000)
         items: list[list[Any]] = []
         new_keys: set[str] = set()
@@ -115,6 +116,7 @@ class RedisHistory:
             if record.name and record.name not in self._known_names:
                 new_names.add(record.name)
         async with self._clients.guarded(BackendConnectionError):
+            client: Any = await self._clients.client()
             try:
                 await self._send(client, [P, ttl_ms, _encode(items)], records, new_keys, new_names)
             except redis_errors.NoScriptError:  # the server restarted or flushed its scripts
@@ -142,7 +144,8 @@ class RedisHistory:
         pipe = client.pipeline(transaction=False)
         # one script for the batch: the records and their indexes without a command each
         # (EVALSHA straight: redis-py's Script in a pipeline asks SCRIPT EXISTS each time)
-        pipe.evalsha(self._sha, 1, f"{P}:all", *batch)
+        # (by name: redis-py's Cluster pipelines refuse pipe.evalsha; one slot, `{aiotq:h}`)
+        pipe.execute_command("EVALSHA", self._sha, 1, f"{P}:all", *batch)
         if new_keys:
             pipe.sadd(f"{P}:indexes", *new_keys)
         if new_names:
@@ -159,8 +162,8 @@ class RedisHistory:
         await pipe.execute()
 
     async def _trim(self) -> None:
-        client: Any = self._clients.get()
         async with self._clients.guarded(BackendConnectionError):
+            client: Any = await self._clients.client()
             cut_ms = int((time.time() - self.max_age_s) * 1000)
             over = await client.zrevrange(
                 f"{P}:all", self.max_tasks, self.max_tasks, withscores=True
@@ -180,7 +183,7 @@ class RedisHistory:
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._clients.guarded(BackendConnectionError):
-            client: Any = self._clients.get()
+            client: Any = await self._clients.client()
             data = await client.get(f"{P}:t:{task_id}")
         return _decode_record(data) if data else None
 
@@ -198,7 +201,6 @@ class RedisHistory:
         return page
 
     async def _search(self, query: TaskQuery) -> Page:
-        client: Any = self._clients.get()
         state = query.state if query.state != "SUCCESS" else None
         indexed = (("state", state), ("name", query.name), ("root", query.root_id))
         filters = [f"{P}:{kind}:{value}" for kind, value in indexed if value]
@@ -206,6 +208,7 @@ class RedisHistory:
         high = int(query.until_s * 1000) if query.until_s is not None else "+inf"
         start = (max(query.page, 1) - 1) * query.per_page
         async with self._clients.guarded(BackendConnectionError):
+            client: Any = await self._clients.client()
             key = filters[0] if len(filters) == 1 else f"{P}:all"
             if len(filters) > 1:
                 key = f"{P}:tmp:{uuid.uuid4().hex}"
@@ -260,7 +263,7 @@ class RedisHistory:
 
     async def names(self) -> list[str]:
         async with self._clients.guarded(BackendConnectionError):
-            client: Any = self._clients.get()
+            client: Any = await self._clients.client()
             names = await client.smembers(f"{P}:names")
         return sorted(n.decode() for n in names)
 
@@ -270,7 +273,7 @@ class RedisHistory:
         # One minute past now too: a worker whose clock runs ahead writes there.
         starts = list(range(first, now + 120, 60))[-1441:]  # a day at most
         async with self._clients.guarded(BackendConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for minute_s in starts:
                 pipe.hgetall(f"{P}:m:{minute_s}")
             hashes = await pipe.execute()

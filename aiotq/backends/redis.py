@@ -3,16 +3,22 @@ PUBLISHed on the task's channel. The keys, each kind under its own prefix:
 
     aiotq:result:<task_id>    the encoded ResultRecord (expires after result_expires_s)
     aiotq:result:<task_id>    also the pub/sub channel a store announces on
-    aiotq:counter:<key>       chord / group counters (INCR + EXPIRE)
+    aiotq:counter:<key>       chord / group counters (INCR + EXPIRE, one script)
     aiotq:lease:<name>        a lease's holder (SET PX, taken and given up by LEASE / RELEASE)
     aiotq:kv:<key>            the coordinator's key-value (SET PX / GET / DEL, SCAN by prefix)
     aiotq:rate:<key>          a shared rate's next free start slot, in µs of Redis's clock
                               (RESERVE; it expires a second after that slot)
 
+Each command and script touches one key, so on a Redis Cluster every key may live on its own
+slot; a SCAN by prefix walks every primary (_redis_cluster.py). Task history shares the hash
+tag `{aiotq:h}` (history_redis.py).
+
 A waiter reads the key first: a task already finished costs one GET and no subscription
 (a producer collecting many results mostly finds them there). Otherwise it subscribes, then
 reads the key again once Redis has confirmed the subscription, so a store between the two
-reads is not missed. One pub/sub connection per process and loop serves every waiter.
+reads is not missed. One pub/sub connection per process and loop serves every waiter; on a
+Cluster it goes to one node, picked at random (a cluster forwards every PUBLISH to each
+node), and to another one after losing it.
 """
 
 from __future__ import annotations
@@ -21,20 +27,27 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from .._backoff import Backoff
 from .._loops import PerLoop
-from .._redis import CONNECTION_ERRORS, REDIS_ERRORS, LoopClients
+from .._redis import CONNECTION_ERRORS, REDIS_ERRORS, LoopClients, close
 from ..exceptions import BackendConnectionError, Transient
 from ..urls import mask_password
 from .history_redis import RedisHistory
 
 log = logging.getLogger("aiotq.backend.redis")
 
+
+# A chord or group counter: INCR and EXPIRE at once (one key: one slot on a Cluster).
+INCR = """
+local value = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return value
+"""
 
 # Take the lease if free or ours (and renew it); 1 when we hold it after the call.
 LEASE = """
@@ -88,14 +101,24 @@ class _Listener:
 
     def __init__(self, clients: LoopClients) -> None:
         self._clients = clients
-        self._client = clients.dedicated()
-        self._pubsub = self._client.pubsub()  # subscribe confirmations are ours to see
+        # made by the first subscribe: a plain client (on a Cluster, to one node)
+        self._client: Any = None
+        self._pubsub: Any = None  # subscribe confirmations are ours to see
+        self._opening = asyncio.Lock()
         self._inboxes: dict[str, set[asyncio.Queue[bytes]]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()  # the pub/sub has a connection to read
         self._reader: asyncio.Task[None] | None = None
 
+    async def _open(self) -> None:
+        async with self._opening:
+            if self._pubsub is None:
+                self._client = await self._clients.subscriber()
+                self._pubsub = self._client.pubsub()
+
     async def subscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        if self._pubsub is None:
+            await self._open()
         self._inboxes.setdefault(channel, set()).add(inbox)
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
@@ -149,11 +172,15 @@ class _Listener:
         re-read, so no store made while we were away is missed. Retried until it works."""
         backoff = Backoff(initial=0.1)
         while True:
-            old, self._pubsub = self._pubsub, self._client.pubsub()
             with contextlib.suppress(Exception):
-                await old.aclose()  # gives its connection back to the pool
+                await self._pubsub.aclose()  # gives its connection back to the pool
             try:
                 async with asyncio.timeout(5):
+                    if self._clients.cluster:  # its node may be gone: another, at random
+                        with contextlib.suppress(Exception):
+                            await close(self._client)
+                        self._client = await self._clients.subscriber()
+                    self._pubsub = self._client.pubsub()
                     channels = list(self._inboxes)
                     if channels:
                         await self._pubsub.subscribe(*channels)
@@ -164,7 +191,7 @@ class _Listener:
                             self._dispatch(message)
                             if message.get("type") == "subscribe":
                                 waiting.discard(message["channel"].decode())
-                    client = self._clients.get()
+                    client = await self._clients.client()
                     for channel in channels:
                         data: Any = await client.get(channel)
                         if data is not None:
@@ -183,10 +210,10 @@ class _Listener:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await self._pubsub.aclose()
-        await self._client.aclose()
-        await self._client.connection_pool.disconnect()
+        if self._pubsub is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self._pubsub.aclose()
+            await close(self._client)
 
 
 class RedisBackend:
@@ -197,9 +224,19 @@ class RedisBackend:
         pool_size: int = 10,
         connect_timeout_s: float = 5.0,
         socket_timeout_s: float | None = 10.0,
+        transport_options: Mapping[str, Any] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ) -> None:
+        """`transport_options`: Celery's result_backend_transport_options (a sentinel://
+        URL's master_name and sentinel_kwargs); `wait_replicas`: a result store returns once
+        that many replicas have it (WAIT)."""
         self.url = url
-        self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
+        self._clients = LoopClients(
+            url, pool_size, connect_timeout_s, socket_timeout_s,
+            transport_options=transport_options, wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
+        )  # fmt: skip
         self._listeners = PerLoop(lambda: _Listener(self._clients))
 
     def __repr__(self) -> str:
@@ -210,7 +247,7 @@ class RedisBackend:
 
     async def connect(self) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().ping()
+            await (await self._clients.client()).ping()
 
     async def aclose(self) -> None:
         listener = self._listeners.pop()
@@ -221,16 +258,20 @@ class RedisBackend:
     async def store(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         ttl_ms = max(1, int(ttl_s * 1000))
         async with self._clients.guarded(BackendConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
+            written = []
             for task_id, data in items:
                 key = result_key(task_id)
                 pipe.set(key, data, px=ttl_ms)
-                pipe.publish(key, data)
-            await pipe.execute()
+                # (not pipe.publish(): redis-py's cluster pipelines refuse that name)
+                pipe.execute_command("PUBLISH", key, data)
+                written.append(key)
+            waits = self._clients.wait(pipe, written)  # redis_wait_replicas: behind the writes
+            self._clients.replicated(await pipe.execute(), waits)
 
     async def get(self, task_id: str) -> bytes | None:
         async with self._clients.guarded(BackendConnectionError):
-            value: Any = await self._clients.get().get(result_key(task_id))
+            value: Any = await (await self._clients.client()).get(result_key(task_id))
         return value
 
     async def watch(self, task_id: str) -> AsyncIterator[bytes]:
@@ -263,51 +304,52 @@ class RedisBackend:
 
     async def forget(self, task_id: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().delete(result_key(task_id))
+            await (await self._clients.client()).delete(result_key(task_id))
 
     async def incr(self, key: str, ttl_s: float) -> int:
         async with self._clients.guarded(BackendConnectionError):
-            pipe = self._clients.get().pipeline(transaction=True)
-            pipe.incr(f"aiotq:counter:{key}")
-            pipe.expire(f"aiotq:counter:{key}", max(1, int(ttl_s)))
-            value, _ = await pipe.execute()
+            client = await self._clients.client()
+            value = await client.eval(INCR, 1, f"aiotq:counter:{key}", max(1, int(ttl_s)))
         return int(value)
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         async with self._clients.guarded(BackendConnectionError):
-            taken = await self._clients.get().eval(
+            taken = await (await self._clients.client()).eval(
                 LEASE, 1, f"aiotq:lease:{name}", holder, max(1, int(ttl_s * 1000))
             )
         return bool(taken)
 
     async def release(self, name: str, holder: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().eval(RELEASE, 1, f"aiotq:lease:{name}", holder)
+            await (await self._clients.client()).eval(RELEASE, 1, f"aiotq:lease:{name}", holder)
 
     async def holder(self, name: str) -> str | None:
         async with self._clients.guarded(BackendConnectionError):
-            value: Any = await self._clients.get().get(f"aiotq:lease:{name}")
+            value: Any = await (await self._clients.client()).get(f"aiotq:lease:{name}")
         return value.decode() if value is not None else None
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().set(KV_PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
+            client = await self._clients.client()
+            await client.set(KV_PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
 
     async def fetch(self, key: str) -> bytes | None:
         async with self._clients.guarded(BackendConnectionError):
-            value: Any = await self._clients.get().get(KV_PREFIX + key)
+            value: Any = await (await self._clients.client()).get(KV_PREFIX + key)
         return value
 
     async def delete(self, key: str) -> None:
         async with self._clients.guarded(BackendConnectionError):
-            await self._clients.get().delete(KV_PREFIX + key)
+            await (await self._clients.client()).delete(KV_PREFIX + key)
 
     async def scan(self, prefix: str) -> dict[str, bytes]:
-        client = self._clients.get()
         async with self._clients.guarded(BackendConnectionError):
+            client = await self._clients.client()
             match = _glob_escaped(KV_PREFIX + prefix) + "*"
+            # on a Cluster, SCAN walks every primary and MGET goes slot by slot
             keys = [key async for key in client.scan_iter(match=match, count=1000)]
-            values: list[Any] = await client.mget(keys) if keys else []
+            mget = client.mget_nonatomic if self._clients.cluster else client.mget
+            values: list[Any] = await mget(keys) if keys else []
         start = len(KV_PREFIX)
         return {  # a key that expired between SCAN and MGET is left out
             key.decode()[start:]: value
@@ -320,7 +362,7 @@ class RedisBackend:
     ) -> tuple[int, float]:
         args = (max(1, round(interval_s * 1e6)), count, round(horizon_s * 1e6))
         async with self._clients.guarded(BackendConnectionError):
-            client = self._clients.get()
+            client = await self._clients.client()
             try:  # the script's digest: one short round trip
                 answer: Any = await client.evalsha(RESERVE_SHA, 1, f"aiotq:rate:{key}", *args)
             except NoScriptError:  # a restarted (or another) server: EVAL also caches it

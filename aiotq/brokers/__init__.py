@@ -33,6 +33,9 @@ def _redis(url: str, settings: Settings) -> Any:
         visibility_timeout_s=settings.broker_visibility_timeout_s,
         publish_retry_s=settings.broker_publish_retry_s,
         socket_timeout_s=settings.broker_socket_timeout_s,
+        transport_options=settings.broker_transport_options,  # sentinel://'s master_name
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_s=settings.redis_wait_timeout_s,
     )
 
 
@@ -88,6 +91,8 @@ SCHEMES = {
     "redis": Scheme(_redis),
     "rediss": Scheme(_redis),
     "redis+socket": Scheme(_redis),
+    "sentinel": Scheme(_redis),  # kombu's sentinel://host:26379;sentinel://...
+    "redis+cluster": Scheme(_redis),  # Redis Cluster's seed nodes: host:port,host:port
     # Celery's wire protocol whatever task_protocol says (docs/celery-wire.md)
     "celery+redis": Scheme(_celery_redis),
     "celery+rediss": Scheme(_celery_redis),

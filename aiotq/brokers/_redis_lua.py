@@ -40,12 +40,16 @@ end
 return #entries
 """
 
-# KEYS: one queue's streams; ARGV[1]: the group. Delete what waits (entries after the
-# group's last-delivered id); entries being run stay, and so does the group, so a running
-# worker is not disturbed (deleting the stream would delete its consumer group).
+# KEYS: one queue's streams, then its delayed set; ARGV[1]: the group. Delete what waits
+# (entries after the group's last-delivered id, and every delayed message) and count it;
+# entries being run stay, and so does the group, so a running worker is not disturbed
+# (deleting the stream would delete its consumer group).
 PURGE = """
-local total = 0
-for _, key in ipairs(KEYS) do
+local delayed = KEYS[#KEYS]
+local total = redis.call('ZCARD', delayed)
+redis.call('DEL', delayed)
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
   if redis.call('EXISTS', key) == 1 then
     local last = '0-0'
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
@@ -76,4 +80,42 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], unpack(AR
 redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
+"""
+
+# KEYS: per queue its delayed set, then its streams of levels 0..9 (11 keys a queue). ARGV:
+# per message its queue's index (from 0), level, due time in ms (0: ready now), envelope.
+# One script for a batch: added whole or not at all, and on Cluster a batch of one queue's
+# messages is one slot's (publish_many groups by queue there).
+ADD_MANY = """
+for i = 1, #ARGV, 4 do
+  local base = tonumber(ARGV[i]) * 11
+  local level = tonumber(ARGV[i + 1])
+  if ARGV[i + 2] == '0' then
+    redis.call('XADD', KEYS[base + 2 + level], '*', 'e', ARGV[i + 3])
+  else
+    redis.call('ZADD', KEYS[base + 1], ARGV[i + 2], string.char(level) .. ARGV[i + 3])
+  end
+end
+return 0
+"""
+
+# KEYS: one queue's streams; ARGV[1]: the group. Each stream's last id handed out to the
+# group ('0-0' without one): an XREAD from there wakes on the first message not yet handed
+# out, and not on those delivered and still pending.
+LAST_DELIVERED = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = '0-0'
+  if redis.call('EXISTS', key) == 1 then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local name, id
+      for j = 1, #g, 2 do
+        if g[j] == 'name' then name = g[j + 1] end
+        if g[j] == 'last-delivered-id' then id = g[j + 1] end
+      end
+      if name == ARGV[1] then out[i] = id end
+    end
+  end
+end
+return out
 """

@@ -23,7 +23,8 @@ list is empty does the consumer block on BRPOP, and the message it wakes with is
 the moment it comes back: a worker killed in that instant loses it, as a kombu worker would.
 A message held past the visibility timeout (kombu's 3600 s unless set) is put back by any
 worker's tick, Celery's or aiotq's; a live aiotq worker renews the `unacked_index` time of
-what it holds. Not for Redis Cluster (kombu's keys share no hash tag).
+what it holds. The scripts are in `_celery_redis_lua.py`. Sentinel works as for aiotq's own
+layout; Redis Cluster does not (kombu's keys share no hash tag).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._backoff import Backoff
-from .._redis import REDIS_ERRORS, LoopClients, translate
+from .._redis import REDIS_ERRORS, LoopClients, close, translate
 from ..celery_wire import (
     DELIVERED_HEADER,
     Envelope,
@@ -50,6 +51,7 @@ from ..celery_wire import (
 from ..exceptions import BrokerConnectionError, MessageRejected, Transient
 from ..routing import topic_matches
 from ..urls import mask_password
+from ._celery_redis_lua import DEAD, MOVE_DUE, PARK, RECORD, REQUEUE, REQUEUE_DEAD, RESTORE, TAKE
 from .base import Consumer, Delivery, QueueStats, ack_many
 from .bus import Subscription
 from .redis_bus import RedisBus
@@ -64,102 +66,6 @@ BINDINGS = "_kombu.binding."
 VISIBILITY_TIMEOUT_S = 3600.0  # kombu's default: what a Celery worker sharing Redis uses
 BLOCK_S = 1.0
 RESTORE_EVERY_S = 5.0
-
-# Record a popped envelope in `unacked` (kombu's QoS.append), or dead-letter one that has no
-# delivery tag. KEYS: unacked, unacked_index, the dead stream; ARGV: envelope, now.
-_RECORD = """
-local function record(item, dead, now)
-  local ok, payload = pcall(cjson.decode, item)
-  local tag, ex, rk = nil, '', ''
-  if ok and type(payload) == 'table' and type(payload['properties']) == 'table' then
-    local props = payload['properties']
-    tag = props['delivery_tag']
-    local info = props['delivery_info']
-    if type(info) == 'table' then
-      if type(info['exchange']) == 'string' then ex = info['exchange'] end
-      if type(info['routing_key']) == 'string' then rk = info['routing_key'] end
-    end
-  end
-  if type(tag) ~= 'string' then
-    redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*', 'e', item,
-               'reason', 'not a kombu envelope (no JSON, or no delivery_tag)')
-    return false
-  end
-  redis.call('HSET', KEYS[1], tag,
-             '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
-  redis.call('ZADD', KEYS[2], now, tag)
-  return tag
-end
-"""
-RECORD = (
-    _RECORD
-    + """
-local tag = record(ARGV[1], KEYS[3], ARGV[2])
-if tag then return tag end
-return ''
-"""
-)
-# Pop up to ARGV[1] from the lists in order and record each. KEYS: unacked, unacked_index,
-# then (list, its queue's dead stream) pairs. Returns {pair index, envelope, tag} each.
-TAKE = (
-    _RECORD
-    + """
-local budget = tonumber(ARGV[1])
-local out = {}
-for i = 3, #KEYS, 2 do
-  while budget > 0 do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then break end
-    budget = budget - 1
-    local tag = record(item, KEYS[i + 1], ARGV[2])
-    table.insert(out, {(i - 3) / 2, item, tag})  -- false: dead-lettered here
-  end
-end
-return out
-"""
-)
-# KEYS: unacked, unacked_index, target. Only a message still ours moves (not restored since).
-REQUEUE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-return 1
-"""
-DEAD = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'e', ARGV[2], 'reason', ARGV[3])
-return 1
-"""
-PARK = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-return 1
-"""
-# KEYS: delayed, the queue's lists by step. A member's first byte is its step's index.
-MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('RPUSH', KEYS[2 + string.byte(member, 1)], string.sub(member, 2))
-end
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return #due
-"""
-# kombu's restore_by_tag, as a compare-and-set: KEYS unacked, unacked_index, targets.
-RESTORE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if score and tonumber(score) > tonumber(ARGV[4]) then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[3]) end
-return 1
-"""
-REQUEUE_DEAD = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[2]) end
-return 1
-"""
 
 
 def delayed_key(queue: str) -> str:
@@ -268,7 +174,7 @@ class _Lists:
         tags = [delivery.token.tag for delivery in deliveries]
         clients = self.broker._clients
         async with clients.guarded(BrokerConnectionError):
-            pipe = clients.get().pipeline(transaction=True)
+            pipe = (await clients.client()).pipeline(transaction=True)
             pipe.zrem(UNACKED_INDEX, *tags)
             pipe.hdel(UNACKED, *tags)
             await pipe.execute()
@@ -298,13 +204,22 @@ class CeleryRedisBroker:
         socket_timeout_s: float | None = 10.0,
         priority_steps: Sequence[int] = PRIORITY_STEPS,
         bindings: Mapping[str, tuple[str, str]] | None = None,
+        transport_options: Mapping[str, Any] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ) -> None:
         self.url = url
         self.visibility_timeout_s = visibility_timeout_s
         self.publish_retry_s = publish_retry_s
         self.steps = sorted(priority_steps)
         self.bindings = dict(bindings or {})  # queue -> (exchange, routing key)
-        self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
+        self._clients = LoopClients(
+            url, pool_size, connect_timeout_s, socket_timeout_s,
+            transport_options=transport_options, wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
+            cluster_refused="kombu's keys share no hash tag: task_protocol = 'celery' runs on"
+            " one Redis (or Sentinel)",
+        )  # fmt: skip
         self._declared: set[str] = set()
         self._consumers: set[Consumer[_Lists]] = set()
         self._last_restore = 0.0
@@ -327,7 +242,7 @@ class CeleryRedisBroker:
 
     async def _eval(self, script: str, keys: Sequence[str], *args: Any) -> Any:
         async with self._clients.guarded(BrokerConnectionError):
-            return await self._clients.get().eval(script, len(keys), *keys, *args)
+            return await (await self._clients.client()).eval(script, len(keys), *keys, *args)
 
     async def _dead(self, queue: str, token: Token, reason: str) -> None:
         keys = [UNACKED, UNACKED_INDEX, dead_key(queue)]
@@ -342,7 +257,7 @@ class CeleryRedisBroker:
     # -- the Broker protocol --------------------------------------------------------------
     async def connect(self) -> None:
         async with self._clients.guarded(BrokerConnectionError):
-            await self._clients.get().ping()
+            await (await self._clients.client()).ping()
 
     async def aclose(self) -> None:
         for consumer in list(self._consumers):
@@ -357,7 +272,7 @@ class CeleryRedisBroker:
         if not new:
             return
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for queue in new:
                 exchange, key = self.bindings.get(queue, (queue, queue))
                 pipe.sadd(BINDINGS + exchange, SEP.join([key, "", queue]))
@@ -385,7 +300,10 @@ class CeleryRedisBroker:
         while True:
             try:
                 async with self._clients.guarded(BrokerConnectionError):
-                    await self._clients.get().lpush(key, data)
+                    pipe = (await self._clients.client()).pipeline(transaction=False)
+                    pipe.lpush(key, data)
+                    waits = self._clients.wait(pipe)  # redis_wait_replicas: WAIT on this connection
+                    self._clients.replicated(await pipe.execute(), waits)
                 return
             except Transient as exc:
                 left = deadline - time.monotonic()
@@ -419,7 +337,8 @@ class CeleryRedisBroker:
         on_ready: Callable[[Consumer[Any]], None] | None,
     ) -> AsyncIterator[Delivery]:
         await self.declare(queues)
-        reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
+        async with self._clients.guarded(BrokerConnectionError):
+            reader = await self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
         consumer = Consumer(_Lists(self, queues, reader), prefetch, on_ready)
         self._consumers.add(consumer)
         try:
@@ -427,8 +346,7 @@ class CeleryRedisBroker:
                 async for delivery in deliveries:
                     yield delivery
         finally:
-            await reader.aclose()
-            await reader.connection_pool.disconnect()
+            await close(reader)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_many(deliveries)
@@ -443,14 +361,15 @@ class CeleryRedisBroker:
         held = [d.token.tag for c in list(self._consumers) for d in list(c.held)]
         if held:
             async with self._clients.guarded(BrokerConnectionError):
-                await self._clients.get().zadd(UNACKED_INDEX, dict.fromkeys(held, now), xx=True)
+                client = await self._clients.client()
+                await client.zadd(UNACKED_INDEX, dict.fromkeys(held, now), xx=True)
         if now - self._last_restore >= RESTORE_EVERY_S:
             self._last_restore = now
             await self._restore_visible(now - self.visibility_timeout_s, set(held))
 
     async def _restore_visible(self, ceil: float, held: set[str]) -> None:
-        client: Any = self._clients.get()
         async with self._clients.guarded(BrokerConnectionError):
+            client: Any = await self._clients.client()
             stale = await client.zrangebyscore(UNACKED_INDEX, "-inf", ceil, start=0, num=100)
             for raw_tag in stale:
                 tag = raw_tag.decode()
@@ -504,7 +423,7 @@ class CeleryRedisBroker:
     # -- administration -------------------------------------------------------------------
     async def queue_stats(self, queue: str) -> QueueStats:  # `unacked` is every queue's
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for key in self.steps_keys(queue):
                 pipe.llen(key)
             pipe.zcard(delayed_key(queue))
@@ -515,7 +434,7 @@ class CeleryRedisBroker:
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for queue in queues:
                 pipe.zrange(delayed_key(queue), 0, limit - 1, withscores=True)
             answers = await pipe.execute()
@@ -530,7 +449,7 @@ class CeleryRedisBroker:
     async def purge(self, queue: str) -> int:
         keys = [*self.steps_keys(queue), delayed_key(queue)]
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=True)
+            pipe = (await self._clients.client()).pipeline(transaction=True)
             for key in keys[:-1]:
                 pipe.llen(key)
             pipe.zcard(keys[-1])
@@ -540,7 +459,8 @@ class CeleryRedisBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
         async with self._clients.guarded(BrokerConnectionError):
-            entries: Any = await self._clients.get().xrange(dead_key(queue), count=limit)
+            client = await self._clients.client()
+            entries: Any = await client.xrange(dead_key(queue), count=limit)
         out = []
         for _, fields in entries:
             envelope = fields.get(b"e", b"")
@@ -552,9 +472,9 @@ class CeleryRedisBroker:
         return out
 
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
-        client = self._clients.get()
         moved = 0
         async with self._clients.guarded(BrokerConnectionError):
+            client = await self._clients.client()
             entries: Any = await client.xrange(dead_key(queue), count=limit)
             for entry_id, fields in entries:
                 envelope = fields.get(b"e", b"")
@@ -597,4 +517,7 @@ def celery_redis_broker(url: str, settings: Any) -> CeleryRedisBroker:
         socket_timeout_s=settings.broker_socket_timeout_s,
         priority_steps=options.get("priority_steps") or PRIORITY_STEPS,
         bindings={b.queue: (b.exchange, b.key) for b in topology.bindings.values()},
+        transport_options=options,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_s=settings.redis_wait_timeout_s,
     )

@@ -12,7 +12,9 @@ Priorities: a read runs one Lua script per queue that takes from the levels high
 until its share of the free prefetch slots is spent, so a higher level is always taken
 first; queues get equal shares and are interleaved, so a queue that only has low-priority
 work is not starved by a busy one. Only when every level of every queue is empty does the
-consumer block (XREADGROUP COUNT 1 over all streams) to wait for new work.
+consumer block (XREADGROUP COUNT 1 over all streams) to wait for new work; on a Redis Cluster
+a command cannot span queues of different slots, so a consumer of several queues waits with
+one XREAD per queue at once (redis_streams.Streams._ring).
 
 A consumer reads with XREADGROUP (COUNT = free prefetch slots); a message stays in the
 group's pending list, owned by that consumer, until XACK. Messages of a consumer that died
@@ -20,107 +22,43 @@ are taken over one at a time (XPENDING IDLE, then XCLAIM) once idle for the visi
 timeout; a live consumer
 refreshes the idle time of the messages it still holds on every tick, so a long task is not
 delivered twice. Due delayed messages move to the stream in one Lua script (atomic: each is
-moved exactly once however many workers call it).
+moved exactly once however many workers call it). Every script touches one queue's keys
+(one slot), except a batch of sends off a Cluster: one script for the whole batch.
+The consumer's side is in redis_streams.py, the scripts in _redis_lua.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import itertools
-import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from redis import exceptions as redis_errors
 
 from .._backoff import Backoff
 from .._loops import PerLoop
-from .._redis import (
-    CONNECTION_ERRORS,
-    REDIS_ERRORS,
-    LoopClients,
-    retry_may_help,
-    translate,
-)
-from ..exceptions import BrokerConnectionError, BrokerError, Transient
-from ..protocol import BROKEN_ENVELOPE
+from .._redis import REDIS_ERRORS, LoopClients, retry_may_help, translate
+from ..exceptions import BrokerConnectionError, Transient
 from ..urls import mask_password
-from ._redis_lua import MOVE_DUE, PURGE, READ_BY_PRIORITY, REQUEUE_DEAD, SETTLE
+from ._redis_lua import ADD_MANY, MOVE_DUE, PURGE, REQUEUE_DEAD
 from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
 from .redis_bus import RedisBus
+from .redis_streams import (
+    BLOCK_S,
+    GROUP,
+    LEVELS,
+    QueueKeys,
+    Streams,
+    decode_envelope,
+    encode_envelope,
+    keys,
+    level_of,
+)
 
-log = logging.getLogger("aiotq.broker.redis")
-
-GROUP = "aiotq"
-Envelope = tuple[dict[str, str], bytes]
-Entry = tuple[bytes, bytes, dict[bytes, bytes], int]  # stream, entry id, fields, times delivered
-Token = tuple[str, bytes, bytes]  # a delivery's: its stream, entry id and envelope
-_encode_envelope = msgspec.msgpack.Encoder().encode
-_decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
-
-LEVELS = 10  # priorities 0-9
-BLOCK_S = 1.0  # longest blocking read, so a stop or a cancellation is seen within it
 MIN_ATTEMPT_S = 1.0  # the least a publish attempt may take, however small publish_retry_s
-
-
-@dataclass(frozen=True, slots=True)
-class QueueKeys:
-    streams: tuple[str, ...]  # by priority level, 0..9
-    delayed: str
-    dead: str
-
-
-@functools.cache
-def keys(queue: str) -> QueueKeys:
-    base = f"aiotq:{{{queue}}}"
-    streams = (f"{base}:stream", *(f"{base}:stream:p{level}" for level in range(1, LEVELS)))
-    return QueueKeys(streams, f"{base}:delayed", f"{base}:dead")
-
-
-def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A Lua reply gives an entry's fields as a flat list."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _returned_before(fields: dict[bytes, bytes]) -> int:
-    """Deliveries before this entry: a message given back is written anew, with its count."""
-    try:
-        return int(fields.get(b"r", b"0"))
-    except ValueError:
-        return 1
-
-
-def level_of(priority: int | None) -> int:
-    return min(max(priority or 0, 0), LEVELS - 1)
-
-
-def _delivery(
-    consumer: Consumer[Any],
-    queue: str,
-    stream: bytes,
-    entry_id: bytes,
-    fields: dict[bytes, bytes],
-    times: int,
-) -> Delivery:
-    envelope = fields.get(b"e", b"")
-    try:
-        headers, body = _decode_envelope(envelope)
-    except Exception:  # msgspec also raises UnicodeDecodeError: any input must not kill us
-        # Not ours to run; surface it to the worker as an undecodable body so it is
-        # dead-lettered with a reason through the one rejection path.
-        headers, body = {"content-type": BROKEN_ENVELOPE}, envelope
-    count = _returned_before(fields) + times
-    token: Token = (stream.decode(), entry_id, envelope)
-    return Delivery(body, headers, queue, count > 1, count, token, consumer)
 
 
 class _Held:
@@ -133,148 +71,22 @@ class _Held:
     sends (a web app's first burst) share that one, instead of each taking one of the pool's
     that nobody gives back (a burst as large as the pool then waited for ever)."""
 
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    def __init__(self, clients: LoopClients) -> None:
+        self.clients = clients
         self.connection: Any = None
         self.lock = asyncio.Lock()
 
     async def command(self, *args: Any) -> Any:
         async with self.lock:
             if self.connection is None:
-                self.connection = await self.pool.get_connection()
+                pool = (await self.clients.client()).connection_pool
+                self.connection = await pool.get_connection()
             try:
                 await self.connection.send_command(*args)
                 return await self.connection.read_response()
             except BaseException:
                 await asyncio.shield(self.connection.disconnect())
                 raise
-
-
-class _Streams:
-    """The primitives of one consume() call: its consumer name in the groups, its own
-    reader connection and the streams of its queues. A delivery's token is a `Token`."""
-
-    def __init__(self, broker: RedisBroker, queues: Sequence[str], reader: Any) -> None:
-        self.broker = broker
-        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.reader = reader
-        self.read_script = reader.register_script(READ_BY_PRIORITY)  # EVALSHA, not the text
-        self.queues = list(dict.fromkeys(queues))
-        # highest level first, so one read's answer comes back in priority order per queue
-        self.queue_of = {
-            stream.encode(): queue
-            for queue in self.queues
-            for stream in reversed(keys(queue).streams)
-        }
-        self.streams = [key.decode() for key in self.queue_of]
-
-    async def fetch(self, consumer: Consumer[Any], room: int) -> list[Delivery]:
-        try:
-            entries = await self._read(room)
-        except CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(f"redis connection lost: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            await self._after_refusal(exc)
-            return []
-        return [_delivery(consumer, self.queue_of[entry[0]], *entry) for entry in entries]
-
-    async def _read(self, room: int) -> list[Entry]:
-        broker, reader = self.broker, self.reader
-        now = time.monotonic()
-        if now - broker._last_claim > broker.visibility_timeout_s / 4:
-            claimed = await self._claim_one()
-            if claimed is not None:  # more may wait: claim again on the next read
-                return [claimed]
-            broker._last_claim = now
-        share = -(-room // len(self.queues))
-        per_queue: list[list[Entry]] = []
-        for queue in self.queues:
-            levels = list(reversed(keys(queue).streams))
-            answer = await self.read_script(keys=levels, args=[GROUP, self.name, share])
-            per_queue.append(
-                [(stream, i, _fields(f), 1) for stream, entries in answer for i, f in entries]
-            )
-        if not any(per_queue):
-            # all empty: wait for new work; a few may come back at once, at most one per stream
-            response = await reader.xreadgroup(
-                GROUP,
-                self.name,
-                dict.fromkeys(self.streams, ">"),
-                count=1,
-                block=int(BLOCK_S * 1000),
-            )
-            grouped: dict[str, list[Entry]] = {}
-            for stream, entries in response or ():  # in the order asked: high levels first
-                batch = grouped.setdefault(self.queue_of[stream], [])
-                batch.extend((stream, i, f, 1) for i, f in entries)
-            per_queue = list(grouped.values())
-        out: list[Entry] = []
-        for round_ in itertools.zip_longest(*per_queue):  # interleave the queues
-            out.extend(entry for entry in round_ if entry is not None)
-        return out
-
-    async def _claim_one(self) -> Entry | None:
-        """Take over one message idle past the visibility timeout (its consumer died), with
-        the number of times it was delivered. One at a time: a message claimed but not run
-        is counted as a delivery all the same, so a batch claimed with a poison message would
-        be counted toward the limit with it every time it kills a worker."""
-        reader = self.reader
-        idle_ms = int(self.broker.visibility_timeout_s * 1000)
-        for stream in self.streams:
-            # XPENDING IDLE finds the candidates (with their counts) in one round trip,
-            # however long the pending list; XCLAIM with the same idle time takes one only
-            # if no other consumer took it meanwhile.
-            idle = await reader.xpending_range(stream, GROUP, "-", "+", 10, idle=idle_ms)
-            for entry in idle:
-                entry_id = entry["message_id"]
-                claimed = await reader.xclaim(stream, GROUP, self.name, idle_ms, [entry_id])
-                for claimed_id, fields in claimed:
-                    if fields:  # None when the entry was deleted meanwhile
-                        times = int(entry["times_delivered"]) + 1  # XCLAIM counts this one
-                        log.warning("took over message %s (delivery %d) from a consumer that"
-                                    " stopped", claimed_id.decode(), times)  # fmt: skip
-                        return stream.encode(), claimed_id, fields, times
-        return None
-
-    async def _after_refusal(self, exc: redis_errors.ResponseError) -> None:
-        """A read Redis refused. The consumer group gone (a FLUSHDB, a restart without
-        persistence, a stream deleted by hand): make it again and read on. Anything else
-        (out of memory, loading) is a BrokerError: the consumer waits and reads again."""
-        message = str(exc)
-        if "NOGROUP" not in message and "no longer exists" not in message:
-            raise BrokerError(f"redis refused a read: {exc}") from exc
-        log.warning("the consumer group of %s is gone (Redis flushed or restarted?);"
-                    " creating it again", ", ".join(self.queues))  # fmt: skip
-        self.broker._declared.difference_update(self.queues)
-        await self.broker.declare(self.queues)
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK + XDEL of a whole batch in one pipelined round trip."""
-        by_stream: dict[str, list[bytes]] = {}
-        for delivery in deliveries:
-            stream, entry_id, _ = delivery.token
-            by_stream.setdefault(stream, []).append(entry_id)
-        clients = self.broker._clients
-        async with clients.guarded(BrokerConnectionError):
-            pipe = clients.get().pipeline(transaction=False)
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            await pipe.execute()
-
-    async def settle(self, delivery: Delivery, requeue: bool, reason: str) -> None:
-        stream, entry_id, envelope = delivery.token
-        returned = ["r", str(delivery.delivery_count)]  # times delivered, for the next count
-        dead = keys(delivery.queue).dead
-        target, extra = (stream, returned) if requeue else (dead, ["reason", reason])
-        clients = self.broker._clients
-        async with clients.guarded(BrokerConnectionError):
-            await clients.get().eval(
-                SETTLE, 2, stream, target, entry_id, envelope, GROUP, 100_000, *extra
-            )
-
-    async def drained(self, consumer: Consumer[Any]) -> None:
-        self.broker._consumers.discard(consumer)
 
 
 class RedisBroker:
@@ -287,16 +99,26 @@ class RedisBroker:
         visibility_timeout_s: float = 60.0,
         publish_retry_s: float = 10.0,
         socket_timeout_s: float | None = 10.0,
+        transport_options: Mapping[str, Any] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ) -> None:
+        """`transport_options`: Celery's broker_transport_options (a sentinel:// URL's
+        master_name and sentinel_kwargs); `wait_replicas`: a send returns once that many
+        replicas have the message (WAIT), see docs/deployment.md."""
         self.url = url
         self.visibility_timeout_s = visibility_timeout_s
         self.publish_retry_s = publish_retry_s
-        self._clients = LoopClients(url, pool_size, connect_timeout_s, socket_timeout_s)
+        self._clients = LoopClients(
+            url, pool_size, connect_timeout_s, socket_timeout_s,
+            transport_options=transport_options, wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
+        )  # fmt: skip
         self._declared: set[str] = set()
         # consuming, or holding deliveries: tick() keeps their leases, aclose() returns them
-        self._consumers: set[Consumer[_Streams]] = set()
+        self._consumers: set[Consumer[Streams]] = set()
         self._last_claim = 0.0
-        self._held: PerLoop[_Held] = PerLoop(lambda: _Held(self._clients.get().connection_pool))
+        self._held: PerLoop[_Held] = PerLoop(lambda: _Held(self._clients))
         self._bus = RedisBus(self._clients)
 
     def __repr__(self) -> str:
@@ -304,7 +126,7 @@ class RedisBroker:
 
     async def connect(self) -> None:
         async with self._clients.guarded(BrokerConnectionError):
-            await self._clients.get().ping()
+            await (await self._clients.client()).ping()
 
     async def aclose(self) -> None:
         """Return what this process still holds (a cold stop's cancelled tasks, results that
@@ -316,12 +138,11 @@ class RedisBroker:
         await self._clients.aclose()
 
     async def declare(self, queues: Sequence[str]) -> None:
-        client = self._clients.get()
         new = [queue for queue in queues if queue not in self._declared]
         if not new:
             return
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = client.pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for queue in new:
                 for stream in keys(queue).streams:
                     pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -339,7 +160,7 @@ class RedisBroker:
         delay_s: float = 0.0,
         priority: int | None = None,
     ) -> None:
-        envelope = _encode_envelope((dict(headers), body))
+        envelope = encode_envelope((dict(headers), body))
         level = level_of(priority)
         queue_keys = keys(queue)
         deadline = time.monotonic() + self.publish_retry_s
@@ -352,13 +173,20 @@ class RedisBroker:
                 bound = min(bound, self._clients.socket_timeout_s)
             try:  # translate() inline, not translated(): this is the producer's hot path
                 async with asyncio.timeout(bound):
-                    client = self._clients.get()
+                    client = await self._clients.client()
+                    if self._clients.wait_replicas:  # on the connection that WAITs after it
+                        pipe = client.pipeline(transaction=False)
+                        written = self._add(pipe, queue_keys, level, envelope, delay_s)
+                        waits = self._clients.wait(pipe, [written])
+                        self._clients.replicated(await pipe.execute(), waits)
+                        return
                     if delay_s > 0:
                         due_ms = int((time.time() + delay_s) * 1000)
                         await client.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
                         return
-                    held = self._held.get()  # made before any await: one per loop
-                    if held.lock.locked():  # concurrent sends: the pool serves the others
+                    held = self._held.get()
+                    # concurrent sends: the pool serves the others; a Cluster has no one pool
+                    if held.lock.locked() or self._clients.cluster:
                         await client.xadd(queue_keys.streams[level], {"e": envelope})
                     else:
                         await held.command("XADD", queue_keys.streams[level], "*", "e", envelope)
@@ -367,35 +195,62 @@ class RedisBroker:
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
                 await asyncio.sleep(self._retry_delay(raw, bound, deadline, backoff))
 
+    @staticmethod
+    def _add(pipe: Any, queue_keys: QueueKeys, level: int, envelope: bytes, delay_s: float) -> str:
+        """Queue the write of one message on a pipeline; the key it writes."""
+        if delay_s > 0:
+            due_ms = int((time.time() + delay_s) * 1000)
+            pipe.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
+            return queue_keys.delayed
+        pipe.xadd(queue_keys.streams[level], {"e": envelope})
+        return queue_keys.streams[level]
+
     async def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """One MULTI/EXEC pipeline: the batch is added whole or not at all, in one round trip
-        (a retry after a lost reply may add it twice: at least once)."""
+        """One script (ADD_MANY): the batch is added whole or not at all, in one round trip
+        (a retry after a lost reply may add it twice: at least once). On a Cluster, one
+        script per queue (a slot each), pipelined: each queue's part whole or not at all."""
         if not messages:
             return
         deadline = time.monotonic() + self.publish_retry_s
         backoff: Backoff | None = None
+        client = None
+        batches: dict[str, tuple[list[str], list[Any]]] = {}  # by queue (Cluster) or one
+        now_ms = time.time() * 1000
         while True:
             bound = max(deadline - time.monotonic(), MIN_ATTEMPT_S)
             if self._clients.socket_timeout_s is not None:
                 bound = min(bound, self._clients.socket_timeout_s)
             try:
                 async with asyncio.timeout(bound):
-                    pipe = self._clients.get().pipeline(transaction=True)
-                    now_ms = time.time() * 1000
-                    for out in messages:
-                        envelope = _encode_envelope((dict(out.headers), out.body))
-                        level = level_of(out.priority)
-                        queue_keys = keys(out.queue)
-                        if out.delay_s > 0:
-                            due_ms = int(now_ms + out.delay_s * 1000)
-                            pipe.zadd(queue_keys.delayed, {bytes([level]) + envelope: due_ms})
-                        else:
-                            pipe.xadd(queue_keys.streams[level], {"e": envelope})
-                    await pipe.execute()
+                    client = client or await self._clients.client()  # Cluster or not: known
+                    batches = batches or self._batches(messages, now_ms)
+                    pipe = client.pipeline(transaction=False)
+                    for script_keys, args in batches.values():
+                        pipe.eval(ADD_MANY, len(script_keys), *script_keys, *args)
+                    written = [script_keys[0] for script_keys, _ in batches.values()]
+                    waits = self._clients.wait(pipe, written)
+                    self._clients.replicated(await pipe.execute(), waits)
                     return
             except REDIS_ERRORS as raw:
                 backoff = backoff or Backoff(initial=0.05, cap=1.0)
                 await asyncio.sleep(self._retry_delay(raw, bound, deadline, backoff))
+
+    def _batches(
+        self, messages: Sequence[Outgoing], now_ms: float
+    ) -> dict[str, tuple[list[str], list[Any]]]:
+        """ADD_MANY's keys and arguments: one script for the batch, or one per queue."""
+        batches: dict[str, tuple[list[str], list[Any]]] = {}
+        index: dict[str, int] = {}  # a queue's place among its script's queues
+        for out in messages:
+            batch = out.queue if self._clients.cluster else ""
+            script_keys, args = batches.setdefault(batch, ([], []))
+            if out.queue not in index:
+                index[out.queue] = len(script_keys) // (1 + LEVELS)
+                script_keys += [keys(out.queue).delayed, *keys(out.queue).streams]
+            due_ms = int(now_ms + out.delay_s * 1000) if out.delay_s > 0 else 0
+            envelope = encode_envelope((dict(out.headers), out.body))
+            args += [index[out.queue], level_of(out.priority), due_ms, envelope]
+        return batches
 
     def _retry_delay(
         self, raw: Exception, bound: float, deadline: float, backoff: Backoff
@@ -422,23 +277,25 @@ class RedisBroker:
         on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
         await self.declare(queues)
-        reader = self._clients.dedicated(socket_timeout_s=BLOCK_S + 4)
-        consumer = Consumer(_Streams(self, queues, reader), prefetch, on_ready)
+        async with self._clients.guarded(BrokerConnectionError):  # a Cluster's reads the
+            # queues' slots at once (`_ring`): a connection each, on their nodes
+            reader = await self._clients.dedicated(BLOCK_S + 4, connections=len(queues) + 1)
+        streams = Streams(self, queues, reader)
+        consumer = Consumer(streams, prefetch, on_ready)
         self._consumers.add(consumer)
         try:
             async with contextlib.aclosing(consumer.deliveries()) as deliveries:
                 async for delivery in deliveries:
                     yield delivery
         finally:
-            await reader.aclose()
-            await reader.connection_pool.disconnect()
+            await streams.stop_ringing()  # and closes the reader
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_many(deliveries)  # one XACK + XDEL pipeline per consume() call
 
     async def tick(self) -> None:
-        client = self._clients.get()
         async with self._clients.guarded(BrokerConnectionError):
+            client = await self._clients.client()
             for queue in list(self._declared):  # a gone group's queues leave it meanwhile
                 queue_keys = keys(queue)
                 await client.eval(
@@ -477,7 +334,7 @@ class RedisBroker:
     async def queue_stats(self, queue: str) -> QueueStats:
         queue_keys = keys(queue)
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for stream in queue_keys.streams:
                 pipe.xlen(stream)
                 pipe.xpending(stream, GROUP)
@@ -494,7 +351,7 @@ class RedisBroker:
 
     async def scheduled(self, queues: Sequence[str], limit: int = 100) -> list[tuple[float, bytes]]:
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             for queue in queues:
                 pipe.zrange(keys(queue).delayed, 0, limit - 1, withscores=True)
             answers = await pipe.execute()
@@ -502,36 +359,32 @@ class RedisBroker:
         for members in answers:
             for member, due_ms in members:
                 with contextlib.suppress(Exception):  # a broken envelope is not listed
-                    found.append((due_ms / 1000, _decode_envelope(member[1:])[1]))
+                    found.append((due_ms / 1000, decode_envelope(member[1:])[1]))
         return sorted(found)[:limit]
 
     async def purge(self, queue: str) -> int:
         queue_keys = keys(queue)
-        client = self._clients.get()
+        purged = (*queue_keys.streams, queue_keys.delayed)
         async with self._clients.guarded(BrokerConnectionError):
-            waiting = await client.eval(PURGE, len(queue_keys.streams), *queue_keys.streams, GROUP)
-            pipe = client.pipeline(transaction=True)
-            pipe.zcard(queue_keys.delayed)
-            pipe.delete(queue_keys.delayed)
-            delayed, _ = await pipe.execute()
-        return int(waiting) + int(delayed)
+            dropped = await (await self._clients.client()).eval(PURGE, len(purged), *purged, GROUP)
+        return int(dropped)
 
     async def requeue_dead(self, queue: str, limit: int = 100) -> int:
         queue_keys = keys(queue)
         async with self._clients.guarded(BrokerConnectionError):
-            moved = await self._clients.get().eval(
+            moved = await (await self._clients.client()).eval(
                 REQUEUE_DEAD, 2, queue_keys.dead, queue_keys.streams[0], limit
             )
         return int(moved)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:
-        client = self._clients.get()
         async with self._clients.guarded(BrokerConnectionError):
+            client = await self._clients.client()
             entries: Any = await client.xrange(keys(queue).dead, count=limit)
         out = []
         for _, fields in entries:
             try:
-                body = _decode_envelope(fields[b"e"])[1]
+                body = decode_envelope(fields[b"e"])[1]
             except Exception:
                 body = fields[b"e"]
             out.append((body, fields.get(b"reason", b"").decode()))

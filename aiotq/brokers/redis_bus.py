@@ -1,6 +1,7 @@
 """The Redis broker's bus (see bus.py): one capped stream per topic.
 
     aiotq:bus:<topic>    stream, field `b` = body; XADD MAXLEN ~keep, PEXPIRE ttl per post
+                         (one key each: on a Cluster, a topic is one slot's)
 
 A subscriber reads with XREAD BLOCK from the last id it saw, on a connection of its own: a
 post reaches it at once, and after a lost connection it resumes from that id, so it sees
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._redis import LoopClients
+from .._redis import LoopClients, close
 from ..exceptions import BrokerConnectionError
 
 BLOCK_CAP_S = 5.0  # the longest XREAD BLOCK; the reader's socket timeout is above it
@@ -29,13 +30,15 @@ class RedisBus:
     async def post(self, topic: str, body: bytes, *, keep: int, ttl_s: float) -> None:
         key = bus_key(topic)
         async with self._clients.guarded(BrokerConnectionError):
-            pipe = self._clients.get().pipeline(transaction=False)
+            pipe = (await self._clients.client()).pipeline(transaction=False)
             pipe.xadd(key, {"b": body}, maxlen=keep, approximate=True)
             pipe.pexpire(key, max(1, int(ttl_s * 1000)))
             await pipe.execute()
 
     async def subscribe(self, topic: str, *, replay: bool = False) -> _StreamReader:
-        reader = _StreamReader(self._clients, bus_key(topic))
+        async with self._clients.guarded(BrokerConnectionError):
+            client = await self._clients.dedicated(socket_timeout_s=BLOCK_CAP_S + 4)
+        reader = _StreamReader(self._clients, bus_key(topic), client)
         try:
             if not replay:  # from the newest entry now: a post after this returns is seen
                 async with self._clients.guarded(BrokerConnectionError):
@@ -49,11 +52,11 @@ class RedisBus:
 
 
 class _StreamReader:
-    def __init__(self, clients: LoopClients, key: str) -> None:
+    def __init__(self, clients: LoopClients, key: str, client: Any) -> None:
         self._clients = clients
         self.key = key
         self.last: bytes | str = "0-0"
-        self.client: Any = clients.dedicated(socket_timeout_s=BLOCK_CAP_S + 4)
+        self.client: Any = client
 
     async def next(self, timeout_s: float) -> list[bytes]:
         block_ms = max(1, int(min(timeout_s, BLOCK_CAP_S) * 1000))
@@ -71,5 +74,4 @@ class _StreamReader:
     async def aclose(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            await client.aclose()
-            await client.connection_pool.disconnect()
+            await close(client)
