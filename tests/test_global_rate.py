@@ -86,17 +86,22 @@ async def test_reserve_spaces_slots_up_to_the_horizon(coordinator: Any) -> None:
 
 @pytest.mark.both_loops
 async def test_concurrent_reservations_never_share_a_slot(coordinator: Any) -> None:
-    key, interval = f"rate-{uuid.uuid4().hex[:8]}", 0.05
+    # slots of 0.2 s (2 starts at 10/s): an answer's arrival jitters by tens of ms on a busy
+    # machine, which must stay well inside a slot for its measured start to say which it is
+    key, interval = f"rate-{uuid.uuid4().hex[:8]}", 0.1
 
     async def ask() -> tuple[int, float]:
         granted, wait_s = await coordinator.reserve(key, interval, 2, 10.0)
         return granted, time.monotonic() + wait_s  # each answer's own "now"
 
-    answers = await asyncio.gather(*(ask() for _ in range(40)))
+    answers = await asyncio.gather(*(ask() for _ in range(12)))
     assert all(granted == 2 for granted, _ in answers)
     firsts = sorted(at for _, at in answers)
     gaps = [b - a for a, b in itertools.pairwise(firsts)]
-    assert min(gaps) >= 2 * interval * 0.9  # each batch after the one before, none overlap
+    # each batch after the one before: two sharing a slot would show a gap near 0 and cut a
+    # whole slot from the span
+    assert min(gaps) >= 2 * interval * 0.5
+    assert firsts[-1] - firsts[0] >= (len(firsts) - 1) * 2 * interval * 0.95
 
 
 # -- the limiter in process ------------------------------------------------------------------
