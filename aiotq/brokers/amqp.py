@@ -1,9 +1,12 @@
 """RabbitMQ broker (`amqp://user:pass@host:port/vhost`, `amqps://`) on aio-pika.
 
-Queues are durable, messages persistent, every publish waits for the publisher confirm. Each
-queue `q` has a dead-letter queue `q.dead` (rejected messages, with the reason in the
-`x-aiotq-reason` header) and priorities 0-9 (`x-max-priority`; quorum queues, an option, have
-none). Routing (exchanges, routing keys) is resolved by aiotq in the producer, so a message is
+Several nodes of a cluster may be listed, `amqp://h1//;amqp://h2//`: the connection fails
+over between them (`amqp_hosts.py`). Queues are durable, messages persistent, every publish
+waits for the publisher confirm. Each queue `q` has a dead-letter queue `q.dead` (rejected
+messages, with the reason in the `x-aiotq-reason` header) and priorities 0-9
+(`x-max-priority`). Quorum queues (`queue_type="quorum"`) have no priorities; with them the
+dead letters and the delay levels are quorum queues too, so nothing lives on one node only.
+Routing (exchanges, routing keys) is resolved by aiotq in the producer, so a message is
 published straight to its queue through the default exchange.
 
 Delays use no plugin and hold nothing in worker memory: a fixed cascade of LEVELS TTL queues,
@@ -13,7 +16,8 @@ binary, highest level first, then the queue: `0.0.....1.0.1.sms`. Exchange `aiot
 that queue's TTL dead-letters it into `aiotq.delay.(L-1)` with the same key. After level 0,
 `aiotq.delay.deliver` routes it to the queue named after the bits. Any whole number of
 seconds up to 2**LEVELS - 1 (48 days) takes exactly that long; delays are rounded up to the
-second, so a task never starts early. (NServiceBus uses the same scheme.)
+second, so a task never starts early. (NServiceBus uses the same scheme.) Quorum mode's
+levels are `aiotq.delay.quorum.L`, with the same routing.
 
 Publishing (`amqp_publish.py`): one writer per channel frames a batch (one send, a burst of
 concurrent sends, a `publish_many`) into one write and awaits the confirms together.
@@ -42,6 +46,7 @@ from ..exceptions import AccessRefused, BrokerConnectionError, BrokerError
 from ..urls import mask_password
 from .amqp_bus import AmqpBus
 from .amqp_consume import REASON, REQUEUED, Stream, headers_of
+from .amqp_hosts import FailoverConnection, mask_all, split_urls
 from .amqp_publish import Publication, Writer
 from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
@@ -51,6 +56,9 @@ log = logging.getLogger("aiotq.broker")
 LEVELS = 22
 DELAY_PREFIX = "aiotq.delay"
 DELIVER = f"{DELAY_PREFIX}.deliver"
+# quorum mode's levels: replicated, and named apart so that the classic levels of a vhost
+# (or of an older aiotq) keep their messages and drain into DELIVER as before
+QUORUM_DELAY_PREFIX = f"{DELAY_PREFIX}.quorum"
 CONNECTION_ERRORS = (
     aio_pika.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -59,6 +67,7 @@ CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
 )
+QOS_MAX = 65_535  # basic.qos prefetch_count is a short
 _IN_PROPERTIES = frozenset({"id", "content-type"})  # message_id, content_type
 SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RuntimeError)
 
@@ -107,23 +116,28 @@ class AmqpBroker:
         queue_type: str = "classic",
         queue_arguments: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = split_urls(url)  # one node, or a cluster's (amqp_hosts.py)
+        self.url = ";".join(self.urls)
+        self.where = mask_all(self.url)  # for messages: every password masked
         self.connect_timeout_s = connect_timeout_s
         self.publish_retry_s = publish_retry_s
         self.queue_type = queue_type
         self.queue_arguments = dict(queue_arguments or {})
+        self.delays = QUORUM_DELAY_PREFIX if queue_type == "quorum" else DELAY_PREFIX
         self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
         self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
         self._bus = AmqpBus(self, SETTLE_ERRORS)
         self.settle_errors = SETTLE_ERRORS  # for amqp_consume.py, which cannot import this
 
     def __repr__(self) -> str:
-        return f"AmqpBroker({mask_password(self.url)!r})"
+        return f"AmqpBroker({self.where!r})"
 
     # -- connection ---------------------------------------------------------------------------
     async def _link(self) -> _Link:
         link = self._links.peek()
         if link is not None:
+            if not link.connection.connected.is_set():  # lost: reconnecting (another node?)
+                await self._reconnected(link)
             return link
         # Concurrent first calls (a burst of first sends) wait for one connection instead of
         # each opening its own (a thousand of them, never closed, stalled every send).
@@ -134,38 +148,84 @@ class AmqpBroker:
                 self._links.set(link)
         return link
 
-    async def _open(self) -> _Link:
-        where = mask_password(self.url)
+    async def _reconnected(self, link: _Link) -> None:
+        """Wait for the robust connection to be back, within `publish_retry_s`: a new
+        channel cannot be opened meanwhile (aio-pika raises RuntimeError)."""
         try:
-            connection = await aio_pika.connect_robust(
-                self.url, timeout=self.connect_timeout_s, client_properties={"product": "aiotq"}
-            )
-        except aiormq.exceptions.ProbableAuthenticationError as exc:  # a ConnectionError too
-            raise AccessRefused(f"RabbitMQ at {where} refused the login: {exc}") from exc
-        except aiormq.exceptions.InvalidFrameError as exc:
-            # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED) when
-            # the vhost does not exist or the user may not use it; aiormq drops the reason.
-            if "Connection.Close" not in str(exc):
-                raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
-            raise AccessRefused(
-                f"RabbitMQ at {where} refused vhost {self._vhost()!r}: it does not exist, "
-                f"or the user may not use it (rabbitmqctl list_vhosts / list_permissions)"
+            async with asyncio.timeout(self.publish_retry_s):
+                await link.connection.ready()
+        except TimeoutError as exc:
+            raise BrokerConnectionError(
+                f"RabbitMQ at {self.where}: no node back within {self.publish_retry_s:g}s"
             ) from exc
-        except (*CONNECTION_ERRORS, ValueError) as exc:
-            raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+
+    async def _open(self) -> _Link:
+        """Connect to the first node that answers (in the URLs' order); the connection moves
+        on to the next live one by itself after a loss (amqp_hosts.py)."""
+        failures: list[str] = []
+        last: BaseException | None = None
+        for first, url in enumerate(self.urls):
+            connection = FailoverConnection(
+                self.urls, first, loop=asyncio.get_running_loop(),
+                client_properties={"product": "aiotq"},
+            )  # fmt: skip
+            try:
+                await connection.connect(timeout=self.connect_timeout_s)
+                break
+            except (*CONNECTION_ERRORS, aiormq.exceptions.InvalidFrameError, ValueError) as exc:
+                with contextlib.suppress(*SETTLE_ERRORS):
+                    await connection.close()  # its reconnect loop ended with the attempt
+                refused = self._refusal(url, exc)
+                if refused is not None:  # users and vhosts are the cluster's: no node helps
+                    raise refused from exc
+                failures.append(f"{mask_password(url)}: {exc}")
+                last = exc
+        else:
+            raise BrokerConnectionError(f"cannot reach RabbitMQ at {'; '.join(failures)}") from last
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException as exc:
             with contextlib.suppress(*SETTLE_ERRORS):
                 await connection.close()  # else it goes on reconnecting in the background
             if isinstance(exc, CONNECTION_ERRORS):
-                raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+                raise BrokerConnectionError(
+                    f"cannot reach RabbitMQ at {self.where}: {exc}"
+                ) from exc
             raise
         return _Link(connection, channel)
 
-    def _vhost(self) -> str:
-        path = urlsplit(self.url).path
-        return unquote(path[1:]) if len(path) > 1 else "/"
+    @staticmethod
+    def _refusal(url: str, exc: BaseException) -> AccessRefused | None:
+        where = mask_password(url)
+        if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):  # a ConnectionError
+            return AccessRefused(f"RabbitMQ at {where} refused the login: {exc}")
+        # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED) when the
+        # vhost does not exist or the user may not use it; aiormq drops the reason.
+        if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+            path = urlsplit(url).path
+            vhost = unquote(path[1:]) if len(path) > 1 else "/"
+            return AccessRefused(
+                f"RabbitMQ at {where} refused vhost {vhost!r}: it does not exist, "
+                f"or the user may not use it (rabbitmqctl list_vhosts / list_permissions)"
+            )
+        return None
+
+    async def _renew(self, link: _Link, nacked: Writer) -> None:
+        """A new publish channel in place of one a quorum queue nacked: RabbitMQ 3.10 nacks
+        for good a channel whose first publish to the queue met it between leaders, though
+        a new leader was elected at once (seen after a node's loss in a three-node cluster;
+        a new channel is acked). Once per nacking channel, however many sends met the nack."""
+        async with link.lock:
+            if link.writer is not nacked:
+                return  # renewed already
+            old = link.channel
+            link.channel = await link.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            link.writer = None  # made again, for the new channel, by the next publish
+        log.info("RabbitMQ nacked a publish: a new publish channel")
+        with contextlib.suppress(*SETTLE_ERRORS):
+            await old.close()  # its unconfirmed publishes fail over to the new one
 
     async def connect(self) -> None:
         await self._link()
@@ -187,13 +247,28 @@ class AmqpBroker:
             arguments = {"x-max-priority": 9}
         return {**arguments, **self.queue_arguments.get(queue, {})}
 
+    def _dead_arguments(self) -> dict[str, Any] | None:
+        """Quorum mode replicates the dead letters too: a classic queue lives on one node,
+        and while that node is down no channel that declared it is restored elsewhere."""
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
+
+    def _delay_arguments(self, level: int, lower: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"x-message-ttl": (2**level) * 1000,
+                                     "x-dead-letter-exchange": lower}  # fmt: skip
+        if self.queue_type == "quorum":  # RabbitMQ 3.10+: TTL and safe dead-lettering
+            # at-least-once: a due message leaves its level only once the next one has it
+            # (RabbitMQ requires reject-publish overflow for it; no length limit is set)
+            arguments.update({"x-queue-type": "quorum", "x-overflow": "reject-publish",
+                              "x-dead-letter-strategy": "at-least-once"})  # fmt: skip
+        return arguments
+
     async def _declare_queue(
         self, channel: AbstractChannel, queue: str
     ) -> aio_pika.abc.AbstractQueue:
         declared = await channel.declare_queue(
             queue, durable=True, arguments=self._arguments(queue)
         )
-        await channel.declare_queue(f"{queue}.dead", durable=True)
+        await channel.declare_queue(f"{queue}.dead", durable=True, arguments=self._dead_arguments())
         deliver = await channel.declare_exchange(DELIVER, aio_pika.ExchangeType.TOPIC, durable=True)
         await declared.bind(deliver, "*." * LEVELS + queue)
         return declared
@@ -201,7 +276,7 @@ class AmqpBroker:
     async def _declare_delays(self, channel: AbstractChannel) -> None:
         exchanges = [
             await channel.declare_exchange(
-                f"{DELAY_PREFIX}.{level}", aio_pika.ExchangeType.TOPIC, durable=True
+                f"{self.delays}.{level}", aio_pika.ExchangeType.TOPIC, durable=True
             )
             for level in range(LEVELS)
         ]
@@ -210,13 +285,9 @@ class AmqpBroker:
             lower = exchanges[level - 1] if level else deliver
             skip = "*." * (LEVELS - 1 - level)
             queue = await channel.declare_queue(
-                f"{DELAY_PREFIX}.{level}",
-                durable=True,
-                arguments={
-                    "x-message-ttl": (2**level) * 1000,
-                    "x-dead-letter-exchange": lower.name,
-                },
-            )
+                f"{self.delays}.{level}", durable=True,
+                arguments=self._delay_arguments(level, lower.name),
+            )  # fmt: skip
             await queue.bind(exchange, f"{skip}1.#")
             await lower.bind(exchange, f"{skip}0.#")
 
@@ -269,12 +340,12 @@ class AmqpBroker:
         item = self._publication(queue, body, headers, priority, delay_s)
         await self._confirmed([item], ((queue, delay_s > 0),))
 
-    @staticmethod
     def _publication(
-        queue: str, body: bytes, headers: Mapping[str, str], priority: int | None, delay_s: int
-    ) -> Publication:
+        self, queue: str, body: bytes, headers: Mapping[str, str], priority: int | None,
+        delay_s: int,
+    ) -> Publication:  # fmt: skip
         if delay_s:
-            exchange, key = f"{DELAY_PREFIX}.{LEVELS - 1}", delay_key(delay_s, queue)
+            exchange, key = f"{self.delays}.{LEVELS - 1}", delay_key(delay_s, queue)
         else:
             exchange, key = "", queue
         # the id and content type travel as the message's properties, not twice in headers
@@ -285,14 +356,19 @@ class AmqpBroker:
     async def _confirmed(
         self, items: list[Publication], queues: Iterable[tuple[str, bool]]
     ) -> None:
-        """Publish and wait for every confirm; on a connection error publish again what was
-        not confirmed, within `publish_retry_s`, then name the problem."""
+        """Publish and wait for every confirm; on a connection error (or a quorum queue's
+        nack) publish again what was not confirmed, within `publish_retry_s`, then name the
+        problem."""
         deadline = time.monotonic() + self.publish_retry_s
         confirm_by = asyncio.get_running_loop().time() + self.publish_retry_s  # loop clock
         backoff: Backoff | None = None  # made on the first failure: not on the hot path
+        nacked: Writer | None = None  # a quorum queue's nack came through it
         while True:
             try:
                 link = await self._link()
+                if nacked is not None:
+                    await self._renew(link, nacked)
+                    nacked = None
                 for queue, delayed in queues:
                     await self._ensure(link, queue.removesuffix(".dead"), delayed)
                 writer = link.writer
@@ -305,20 +381,30 @@ class AmqpBroker:
                 items, lost = await batch.confirmed()
                 if lost is None:
                     return
-                raise lost  # the rest were confirmed: only these go again
+                failure: BaseException = lost  # the rest were confirmed: these go again
             except aio_pika.exceptions.DeliveryError as exc:
-                queue = _queue_of(exc, items)
-                raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
-            except (*CONNECTION_ERRORS, BrokerConnectionError) as exc:
-                backoff = backoff or Backoff(initial=0.05, cap=1.0)
-                left = deadline - time.monotonic()  # retried for the whole bound, no less
-                if left <= 0:
-                    raise BrokerConnectionError(
-                        f"cannot publish to RabbitMQ at {mask_password(self.url)} "
-                        f"(gave up after {self.publish_retry_s:g}s): {exc}"
+                # A quorum queue nacks what it could not take in while it has no leader (an
+                # election, after a node's loss): that passes, so the call's messages go
+                # again (those it confirmed too: at least once), on a fresh channel. A
+                # classic queue's nack, and a return (no queue took it), are final.
+                if self.queue_type != "quorum" or not isinstance(exc.frame, aiormq.spec.Basic.Nack):
+                    queue = _queue_of(exc, items)
+                    raise BrokerError(
+                        f"RabbitMQ refused a message for queue {queue!r}: {exc}"
                     ) from exc
-                # the robust connection reconnects meanwhile
-                await asyncio.sleep(min(backoff.delay(), left))
+                failure = exc
+                nacked = writer
+            except (*CONNECTION_ERRORS, BrokerConnectionError) as exc:
+                failure = exc
+            backoff = backoff or Backoff(initial=0.05, cap=1.0)
+            left = deadline - time.monotonic()  # retried for the whole bound, no less
+            if left <= 0:
+                raise BrokerConnectionError(
+                    f"cannot publish to RabbitMQ at {self.where} "
+                    f"(gave up after {self.publish_retry_s:g}s): {failure}"
+                ) from failure
+            # the robust connection reconnects meanwhile
+            await asyncio.sleep(min(backoff.delay(), left))
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_many(deliveries)  # one write: a multiple ack where it can (amqp_consume.py)
@@ -330,12 +416,16 @@ class AmqpBroker:
         prefetch: int,
         on_ready: Callable[[Consumer[Any]], None] | None = None,
     ) -> AsyncIterator[Delivery]:
-        """Each queue has its own consumer with up to `prefetch` unacknowledged in RabbitMQ's
-        hands; this hands out at most `prefetch` unfinished in all, taking the queues in turn
-        (fair)."""
+        """This hands out at most `prefetch` unfinished deliveries in all, taking the queues in
+        turn (fair). Each queue's consumer may hold twice that unacknowledged in RabbitMQ's
+        hands: a delivery leaves the window when its run ends, but RabbitMQ counts it until
+        its ack, which goes out only once its result is stored. With the QoS equal to the
+        window, every freed slot waited for a result store, an ack and a delivery before its
+        next task; the headroom keeps the next one here (on Redis the window alone bounds
+        the reads, so it never waits for acks)."""
         link = await self._link()
         channel = await link.connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
+        await channel.set_qos(prefetch_count=min(2 * prefetch, QOS_MAX))
         subscription = Stream(self, link, channel, queues)
         consumer = subscription.consumer = Consumer(subscription, prefetch, on_ready)
         link.consumers.add(consumer)
@@ -428,7 +518,9 @@ class AmqpBroker:
         link = await self._link()
         channel = await link.connection.channel()
         try:
-            dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+            dead = await channel.declare_queue(
+                f"{queue}.dead", durable=True, arguments=self._dead_arguments()
+            )
             out = []
             for _ in range(limit):
                 message = await dead.get(no_ack=False, fail=False)
@@ -447,7 +539,9 @@ class AmqpBroker:
         channel = await link.connection.channel()
         moved = 0
         try:
-            dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+            dead = await channel.declare_queue(
+                f"{queue}.dead", durable=True, arguments=self._dead_arguments()
+            )
             for _ in range(limit):
                 message = await dead.get(no_ack=False, fail=False)
                 if message is None:
@@ -471,5 +565,4 @@ class AmqpBroker:
         try:
             return await link.connection.channel(publisher_confirms=True, on_return_raises=True)
         except CONNECTION_ERRORS as exc:
-            where = mask_password(self.url)
-            raise BrokerConnectionError(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+            raise BrokerConnectionError(f"cannot reach RabbitMQ at {self.where}: {exc}") from exc
