@@ -31,6 +31,8 @@ def build(url: str) -> App:
     # benchmarks.pertask turns the per-task features off and on through these
     if os.environ.get("AIOTQ_BENCH_HISTORY") == "0":
         app.conf.history_max_tasks = 0
+    elif os.environ.get("AIOTQ_BENCH_HISTORY_MAX"):  # a retention other than the default
+        app.conf.history_max_tasks = int(os.environ["AIOTQ_BENCH_HISTORY_MAX"])
     if os.environ.get("AIOTQ_BENCH_TRACING") == "0":
         app.conf.tracing = False
 

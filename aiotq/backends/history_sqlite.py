@@ -1,9 +1,17 @@
 """Task history in the SQLite result backend: one indexed row per task (`history`), one row
-per minute of counters (`history_minutes`). A tick's records are written in one transaction;
-listing uses the (column, updated_ms) indexes, so a filtered page stays fast at a million
-rows. Only what a page filters on most is indexed (time, state, name, a canvas's root):
-each index is one more write per task; worker, queue and `q` (a substring of id, name or
-args) filter the rows of those."""
+per minute of counters (`history_minutes`).
+
+Workers only append: a tick's records go into `history_log`, a table with no index but its
+row id, in one statement (a few microseconds a record). Indexing them costs five times that
+(the id index is random, and at the retention limit every insert also pays a delete), and
+on a busy worker that was a third of its speed; so whoever reads the history indexes what
+the workers wrote since the last read (`absorb`, in the reader's process: the dashboard, a
+script), in transactions of ABSORB_CHUNK records, oldest first, so a later run of an id
+replaces an earlier one. Per-minute counters and task names are written by the workers.
+The log is capped at the retention limit (the newest kept), so history with no reader stays
+bounded. Listing uses the (column, updated_ms) indexes, so a filtered page stays fast at a
+million rows; worker, queue and `q` (a substring of id, name or args) filter the rows of
+those."""
 
 from __future__ import annotations
 
@@ -32,22 +40,20 @@ _json_rows = msgspec.json.Encoder().encode
 _from_json = msgspec.json.Decoder(TaskRecord).decode
 _from_msgpack = msgspec.msgpack.Decoder(TaskRecord).decode
 
-# One statement per batch, and the columns read out of the records by SQLite: the worker's
-# thread only encodes the batch as one JSON array (a microsecond a record), and sqlite3
-# releases the GIL for the whole statement. executemany() takes the GIL back after every
-# row, and building each row's columns and search text in Python cost the worker loop as
-# much again as the rest of its history. `search` is lowercased by SQLite (ASCII letters);
-# a query lowers `q` the same way.
-INSERT_BATCH = (
+# The log's oldest records indexed, one statement: SQLite reads the columns out of each
+# record (sqlite3 releases the GIL for the whole statement). `search` is lowercased by
+# SQLite (ASCII letters); a query lowers `q` the same way.
+ABSORB = (
     "INSERT OR REPLACE INTO history"
     " (id, state, name, worker, queue, root_id, updated_ms, search, record)"
-    " SELECT value->>'id', value->>'state', value->>'name', value->>'worker',"
-    " value->>'queue', nullif(value->>'root_id', value->>'id'),"
-    " CAST(value->>'updated_at_s' * 1000 AS INTEGER),"
-    " lower(value->>'id' || ' ' || ifnull(value->>'name', '') || ' '"
-    " || ifnull(value->'args', 'null') || ' ' || ifnull(value->'kwargs', 'null')),"
-    " value FROM json_each(?)"
+    " SELECT record->>'id', record->>'state', record->>'name', record->>'worker',"
+    " record->>'queue', nullif(record->>'root_id', record->>'id'),"
+    " CAST(record->>'updated_at_s' * 1000 AS INTEGER),"
+    " lower(record->>'id' || ' ' || ifnull(record->>'name', '') || ' '"
+    " || ifnull(record->'args', 'null') || ' ' || ifnull(record->'kwargs', 'null')),"
+    " record FROM history_log WHERE seq <= ? ORDER BY seq"
 )
+ABSORB_CHUNK = 20_000  # records a transaction: a worker's append waits at most this long
 
 
 def _decode_record(data: bytes | str) -> TaskRecord:
@@ -73,20 +79,55 @@ class SqliteHistory:
         rows = _json_rows(records).decode()
         names = {r.name for r in records if r.name and r.name not in self._known_names}
 
-        def insert(connection: sqlite3.Connection) -> None:
+        def append(connection: sqlite3.Connection) -> None:
             with transaction(connection):
-                connection.execute(INSERT_BATCH, (rows,))
+                connection.execute(
+                    "INSERT INTO history_log (record) SELECT value FROM json_each(?)", (rows,)
+                )
                 if names:
                     connection.executemany(
                         "INSERT OR IGNORE INTO history_names (name) VALUES (?)",
                         [(name,) for name in names],
                     )
                 self._count_minutes(connection, records)
-                if trim:
+                if trim:  # unread records past the limit: the newest are kept
+                    connection.execute(
+                        "DELETE FROM history_log WHERE seq <="
+                        " (SELECT max(seq) FROM history_log) - ?",
+                        (self.max_tasks,),
+                    )
+                    oldest_s = int(time.time() - self.max_age_s)
+                    connection.execute(
+                        "DELETE FROM history_minutes WHERE minute_s < ?", (oldest_s,)
+                    )
+
+        await self._db.run(append)
+        self._known_names.update(names)
+
+    async def absorb(self) -> int:
+        """Index what the workers appended since the last read (every read does this
+        first); returns how many records it indexed."""
+
+        def absorb(connection: sqlite3.Connection) -> int:
+            done = 0
+            while True:
+                with transaction(connection):
+                    row = connection.execute(
+                        "SELECT seq FROM history_log ORDER BY seq LIMIT 1 OFFSET ?",
+                        (ABSORB_CHUNK - 1,),
+                    ).fetchone()
+                    if row is None:
+                        row = connection.execute("SELECT max(seq) FROM history_log").fetchone()
+                    last = row[0]
+                    if last is None:
+                        return done
+                    connection.execute(ABSORB, (last,))
+                    done += connection.execute(
+                        "DELETE FROM history_log WHERE seq <= ?", (last,)
+                    ).rowcount
                     self._trim(connection)
 
-        await self._db.run(insert)
-        self._known_names.update(names)
+        return await self._db.run(absorb)
 
     @staticmethod
     def _count_minutes(connection: sqlite3.Connection, records: Sequence[TaskRecord]) -> None:
@@ -115,6 +156,8 @@ class SqliteHistory:
             connection.execute("DELETE FROM history WHERE updated_ms <= ?", (row[0],))
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        await self.absorb()
+
         def read(connection: sqlite3.Connection) -> TaskRecord | None:
             row = connection.execute(
                 "SELECT record FROM history WHERE id = ?", (task_id,)
@@ -145,6 +188,7 @@ class SqliteHistory:
             values.append(query.q)
         condition = " AND ".join(where)
         offset = (max(query.page, 1) - 1) * query.per_page
+        await self.absorb()
 
         def read(connection: sqlite3.Connection) -> Page:
             rows = connection.execute(
