@@ -103,9 +103,10 @@ CREATE INDEX IF NOT EXISTS history_updated ON history (updated_ms);
 CREATE INDEX IF NOT EXISTS history_state ON history (state, updated_ms);
 CREATE INDEX IF NOT EXISTS history_name ON history (name, updated_ms);
 CREATE INDEX IF NOT EXISTS history_tree ON history (root_id) WHERE root_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS history_log (  -- records written, not yet indexed (see below)
+CREATE TABLE IF NOT EXISTS history_log (  -- records written, not yet indexed (history_sqlite)
     seq INTEGER PRIMARY KEY,
-    record BLOB NOT NULL
+    records TEXT NOT NULL,            -- one write's records, a JSON array
+    count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS history_names (name TEXT PRIMARY KEY);  -- the filter's choices
 CREATE TABLE IF NOT EXISTS history_minutes (

@@ -115,6 +115,42 @@ async def test_retention_keeps_the_newest(store: Any) -> None:
     assert page.records[-1].id >= "t030"
 
 
+async def test_sqlite_keeps_unread_records_bounded_and_indexes_them_on_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers append to a log that a reader indexes: with nobody reading, the log keeps
+    about the newest max_tasks records; the read indexes it in chunks, oldest first, so a
+    later run of a task replaces its earlier one."""
+    from aiotq.backends import history_sqlite
+
+    monkeypatch.setattr(history_sqlite, "ABSORB_CHUNK", 7)  # several transactions
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/h.db")
+    history = backend.task_history(max_tasks=30, max_age_s=3600)
+    history.trim_every_s = 0.0
+    now = time.time()
+    for n in range(20):  # 20 writes of 3 records: 60 unread, nobody reading
+        events = [
+            e for k in range(3) for e in lifecycle(f"t{n:02d}-{k}", "x.y", now - 60 + n + k / 10)
+        ]
+        await history.write(records_of(events))
+    retried = records_of(lifecycle("t19-2", "x.y", now, ok=False))  # a later run of one id
+    await history.write(retried)
+
+    def unread() -> int:
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "h-history.db") as connection:
+            return int(connection.execute("SELECT sum(count) FROM history_log").fetchone()[0])
+
+    assert 30 <= unread() <= 34  # whole writes are kept: the newest ~30 records
+    page = await history.search(TaskQuery(per_page=100))
+    assert 28 <= page.total <= 31 and page.records[0].id == "t19-2"
+    assert page.records[0].state == "FAILURE"  # the later run won
+    assert page.records[-1].id >= "t09"
+    assert (await history.get("t19-1")) is not None
+    await backend.aclose()
+
+
 async def test_a_worker_writes_history_without_events(tmp_path: Path) -> None:
     app = App("hist", broker=f"sqlite:///{tmp_path}/w.db")
 

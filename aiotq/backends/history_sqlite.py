@@ -1,17 +1,17 @@
 """Task history in the SQLite result backend: one indexed row per task (`history`), one row
 per minute of counters (`history_minutes`).
 
-Workers only append: a tick's records go into `history_log`, a table with no index but its
-row id, in one statement (a few microseconds a record). Indexing them costs five times that
-(the id index is random, and at the retention limit every insert also pays a delete), and
-on a busy worker that was a third of its speed; so whoever reads the history indexes what
-the workers wrote since the last read (`absorb`, in the reader's process: the dashboard, a
-script), in transactions of ABSORB_CHUNK records, oldest first, so a later run of an id
-replaces an earlier one. Per-minute counters and task names are written by the workers.
-The log is capped at the retention limit (the newest kept), so history with no reader stays
-bounded. Listing uses the (column, updated_ms) indexes, so a filtered page stays fast at a
-million rows; worker, queue and `q` (a substring of id, name or args) filter the rows of
-those."""
+Workers only append: a write's records go into `history_log` as one row (their JSON array;
+the table has no index but its row id), about a microsecond a record. Indexing them costs
+twenty times that (the id index is random, and at the retention limit every insert also
+pays a delete), and on a busy worker that was a third of its speed. So whoever reads the
+history indexes what the workers wrote since the last read (`absorb`, in the reader's
+process: the dashboard, a script), in transactions of about ABSORB_CHUNK records, oldest
+first, so a later run of an id replaces an earlier one. Per-minute counters and task names
+are written by the workers. The log is capped at the retention limit (the newest kept), so
+history with no reader stays bounded. Listing uses the (column, updated_ms) indexes, so a
+filtered page stays fast at a million rows; worker, queue and `q` (a substring of id, name
+or args) filter the rows of those."""
 
 from __future__ import annotations
 
@@ -46,12 +46,18 @@ _from_msgpack = msgspec.msgpack.Decoder(TaskRecord).decode
 ABSORB = (
     "INSERT OR REPLACE INTO history"
     " (id, state, name, worker, queue, root_id, updated_ms, search, record)"
-    " SELECT record->>'id', record->>'state', record->>'name', record->>'worker',"
-    " record->>'queue', nullif(record->>'root_id', record->>'id'),"
-    " CAST(record->>'updated_at_s' * 1000 AS INTEGER),"
-    " lower(record->>'id' || ' ' || ifnull(record->>'name', '') || ' '"
-    " || ifnull(record->'args', 'null') || ' ' || ifnull(record->'kwargs', 'null')),"
-    " record FROM history_log WHERE seq <= ? ORDER BY seq"
+    " SELECT r.value->>'id', r.value->>'state', r.value->>'name', r.value->>'worker',"
+    " r.value->>'queue', nullif(r.value->>'root_id', r.value->>'id'),"
+    " CAST(r.value->>'updated_at_s' * 1000 AS INTEGER),"
+    " lower(r.value->>'id' || ' ' || ifnull(r.value->>'name', '') || ' '"
+    " || ifnull(r.value->'args', 'null') || ' ' || ifnull(r.value->'kwargs', 'null')),"
+    " r.value FROM history_log AS l, json_each(l.records) AS r WHERE l.seq <= ?"
+    " ORDER BY l.seq, r.key"
+)
+# the newest log rows holding `max_tasks` records: older ones go (history with no reader)
+LOG_KEPT_FROM = (
+    "SELECT seq FROM (SELECT seq, sum(count) OVER (ORDER BY seq DESC) AS newer"
+    " FROM history_log) WHERE newer >= ? ORDER BY seq DESC LIMIT 1"
 )
 ABSORB_CHUNK = 20_000  # records a transaction: a worker's append waits at most this long
 
@@ -78,24 +84,23 @@ class SqliteHistory:
             self._trimmed_at = time.monotonic()
         rows = _json_rows(records).decode()
         names = {r.name for r in records if r.name and r.name not in self._known_names}
+        minutes = minute_counts(records)  # here: the database thread's Python holds the GIL
 
         def append(connection: sqlite3.Connection) -> None:
             with transaction(connection):
                 connection.execute(
-                    "INSERT INTO history_log (record) SELECT value FROM json_each(?)", (rows,)
+                    "INSERT INTO history_log (records, count) VALUES (?, ?)", (rows, len(records))
                 )
                 if names:
                     connection.executemany(
                         "INSERT OR IGNORE INTO history_names (name) VALUES (?)",
                         [(name,) for name in names],
                     )
-                self._count_minutes(connection, records)
+                self._count_minutes(connection, minutes)
                 if trim:  # unread records past the limit: the newest are kept
-                    connection.execute(
-                        "DELETE FROM history_log WHERE seq <="
-                        " (SELECT max(seq) FROM history_log) - ?",
-                        (self.max_tasks,),
-                    )
+                    kept = connection.execute(LOG_KEPT_FROM, (self.max_tasks,)).fetchone()
+                    if kept is not None:
+                        connection.execute("DELETE FROM history_log WHERE seq < ?", kept)
                     oldest_s = int(time.time() - self.max_age_s)
                     connection.execute(
                         "DELETE FROM history_minutes WHERE minute_s < ?", (oldest_s,)
@@ -112,26 +117,25 @@ class SqliteHistory:
             done = 0
             while True:
                 with transaction(connection):
+                    # the oldest rows holding about ABSORB_CHUNK records (one at least)
                     row = connection.execute(
-                        "SELECT seq FROM history_log ORDER BY seq LIMIT 1 OFFSET ?",
-                        (ABSORB_CHUNK - 1,),
+                        "SELECT max(seq), sum(count) FROM (SELECT seq, count, sum(count)"
+                        " OVER (ORDER BY seq) AS upto FROM history_log) WHERE upto - count < ?",
+                        (ABSORB_CHUNK,),
                     ).fetchone()
-                    if row is None:
-                        row = connection.execute("SELECT max(seq) FROM history_log").fetchone()
-                    last = row[0]
+                    last, count = row
                     if last is None:
                         return done
                     connection.execute(ABSORB, (last,))
-                    done += connection.execute(
-                        "DELETE FROM history_log WHERE seq <= ?", (last,)
-                    ).rowcount
+                    connection.execute("DELETE FROM history_log WHERE seq <= ?", (last,))
+                    done += int(count)
                     self._trim(connection)
 
         return await self._db.run(absorb)
 
     @staticmethod
-    def _count_minutes(connection: sqlite3.Connection, records: Sequence[TaskRecord]) -> None:
-        for minute_s, counts in minute_counts(records).items():
+    def _count_minutes(connection: sqlite3.Connection, minutes: dict[int, MinuteCounts]) -> None:
+        for minute_s, counts in minutes.items():
             row = connection.execute(
                 "SELECT counts FROM history_minutes WHERE minute_s = ?", (minute_s,)
             ).fetchone()
