@@ -13,12 +13,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvloop
 
 from .servers import RedisServer, redis_binary
+
+if TYPE_CHECKING:  # workerproc imports this module (wait_for)
+    from .workerproc import WorkerProcess
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -173,3 +176,12 @@ def background_delay(amqp_session_url: str) -> Iterator[BackgroundDelay]:
     producer.close()
     yield BackgroundDelay(result.id, due, worker)
     worker.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts (append them): stopped at the end, whatever happened."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()

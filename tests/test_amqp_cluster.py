@@ -53,14 +53,6 @@ def whole(cluster: RabbitCluster) -> RabbitCluster:
     return cluster
 
 
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
 def worker_on(urls: str, backend: str, workers: list[WorkerProcess], *args: str) -> WorkerProcess:
     worker = WorkerProcess(urls, *args, app=APP, env={"AIOTQ_RESULT_BACKEND": backend})
     workers.append(worker)

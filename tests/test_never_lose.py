@@ -25,14 +25,6 @@ from .workerproc import ROOT, WorkerProcess
 STREAM = "aiotq:{default}:stream"
 
 
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
 def dead_letters(app: App, queue: str = "default") -> list[tuple[bytes, str]]:
     """The queue's dead letters, read on a loop of their own (its connections closed after)."""
 

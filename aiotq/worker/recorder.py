@@ -1,5 +1,5 @@
 """The worker's task-history writer: a `RunSink` (worker/taskevents.py) handed one finished
-record per run, one `HistoryStore.write()` per tick.
+record per run, one `HistoryStore.write()` a second at most (INTERVAL_MIN_S).
 
 Bounded like the event sender: while the store is away at most BUFFER_CAP records wait
 (the oldest dropped, counted) and writing backs off (a store that refuses, e.g. a full
