@@ -15,6 +15,7 @@ timeline of its events.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ OUTCOME_EVENTS = {"SUCCESS": "task-succeeded", "FAILURE": "task-failed",
                   "REVOKED": "task-revoked"}  # fmt: skip
 
 
-class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     id: str
     state: str
     name: str | None = None
@@ -66,6 +67,43 @@ class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
         if event is not None:
             steps.append((event, self.updated_at_s, self.worker))
         return steps
+
+
+class Run(msgspec.Struct, gc=False):
+    """One run as a worker's steps noted it (worker/taskevents.py); its record is built when
+    it is folded. Garbage collection: a run is not tracked (it is never part of a cycle),
+    and it copies what it needs of its message rather than keep the message (and its half
+    dozen containers) alive: a fold's worth of either made every collection longer."""
+
+    name: str | None
+    queue: str | None
+    received_at_s: float | None  # None: not received by this worker (revoked or refused)
+    args: Any = None
+    kwargs: Any = None
+    retries: int = 0
+    eta: float | None = None
+    sent_at_s: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    started_at_s: float | None = None
+    # its outcome, once it ended
+    id: str = ""
+    state: str = ""
+    ended_at_s: float = 0.0
+    result: Any = None
+    exception: str | None = None
+    traceback: str | None = None
+    runtime_s: float | None = None
+    retry_eta: float | None = None
+
+
+class RunSink(Protocol):
+    """What the history and the metrics are told, a batch at a time: the runs received and
+    started since the last batch, and the records of those that ended (not changed after)."""
+
+    def fold(
+        self, received: Sequence[Run], started: Sequence[Run], finished: Sequence[TaskRecord]
+    ) -> None: ...
 
 
 class TaskQuery(msgspec.Struct, kw_only=True):
@@ -259,10 +297,8 @@ def minute_counts(records: Sequence[TaskRecord]) -> dict[int, MinuteCounts]:
 
 
 def _bucket(runtime_s: float) -> int:
-    for index, bound in enumerate(BUCKETS):
-        if runtime_s <= bound:
-            return index
-    return len(BUCKETS)
+    """The first bucket whose bound is >= runtime_s (len(BUCKETS): past the last)."""
+    return bisect_left(BUCKETS, runtime_s)
 
 
 def _quantile(buckets: list[int], q: float) -> float | None:

@@ -27,7 +27,7 @@ from .presence import live_workers
 
 if TYPE_CHECKING:
     from .app import App
-    from .history import TaskRecord
+    from .history import Run, TaskRecord
 
 LABELS = ("name", "hostname", "queue_name")
 # celery-exporter's default buckets (seconds)
@@ -98,7 +98,8 @@ class _TaskCollector(Collector):
 
 
 class TaskMetrics:
-    """One worker's metrics: a `RunSink` of the worker's task steps (taskevents.py)."""
+    """One worker's metrics: a `RunSink` of the worker's task steps (taskevents.py), so
+    they lag the runs by a fold (half a second) at most."""
 
     def __init__(self, hostname: str, registry: CollectorRegistry | None = None) -> None:
         self.hostname = hostname
@@ -132,39 +133,41 @@ class TaskMetrics:
         self.loop_lag.labels(self.hostname).set_function(lag_max_s)
         self.loop_blocked.labels(self.hostname).set_function(blocked)
 
-    def _of(self, record: TaskRecord) -> _TaskStats:
-        key = (record.name or "", record.queue or "")
+    def _of(self, name: str | None, queue: str | None) -> _TaskStats:
+        key = (name or "", queue or "")
         found = self.stats.get(key)
         if found is None:
             found = self.stats[key] = _TaskStats()
         return found
 
-    def received(self, record: TaskRecord) -> None:
-        self._of(record).received += 1
-
-    def started(self, record: TaskRecord) -> None:
-        found = self._of(record)
-        found.started += 1
-        sent, started = record.sent_at_s, record.started_at_s
-        if sent is not None and started is not None:
-            wait = max(0.0, started - max(sent, record.eta or 0.0))
-            found.wait[bisect_left(BUCKETS, wait)] += 1  # le: the first bound >= wait
-            found.wait_sum += wait
-
-    def finished(self, record: TaskRecord) -> None:
-        found = self._of(record)
-        state = record.state
-        if state == "FAILURE":
-            exception = (record.exception or "").split(":", 1)[0]
-            found.failed[exception] = found.failed.get(exception, 0) + 1
-        else:
-            kind = COUNTER_OF.get(state)
-            if kind is not None:
-                setattr(found, kind, getattr(found, kind) + 1)
-        runtime = record.runtime_s
-        if runtime is not None and state in ("SUCCESS", "FAILURE"):
-            found.runtime[bisect_left(BUCKETS, runtime)] += 1
-            found.runtime_sum += runtime
+    def fold(
+        self, received: Sequence[Run], started: Sequence[Run], finished: Sequence[TaskRecord]
+    ) -> None:
+        of = self._of
+        for run in received:
+            of(run.name, run.queue).received += 1
+        for run in started:
+            found = of(run.name, run.queue)
+            found.started += 1
+            sent = run.sent_at_s
+            if sent is not None and run.started_at_s is not None:
+                wait = max(0.0, run.started_at_s - max(sent, run.eta or 0.0))
+                found.wait[bisect_left(BUCKETS, wait)] += 1  # le: the first bound >= wait
+                found.wait_sum += wait
+        for record in finished:
+            found = of(record.name, record.queue)
+            state = record.state
+            if state == "FAILURE":
+                exception = (record.exception or "").split(":", 1)[0]
+                found.failed[exception] = found.failed.get(exception, 0) + 1
+            else:
+                kind = COUNTER_OF.get(state)
+                if kind is not None:
+                    setattr(found, kind, getattr(found, kind) + 1)
+            runtime = record.runtime_s
+            if runtime is not None and state in ("SUCCESS", "FAILURE"):
+                found.runtime[bisect_left(BUCKETS, runtime)] += 1
+                found.runtime_sum += runtime
 
     def offline(self) -> None:
         self.worker_up.labels(self.hostname).set(0)

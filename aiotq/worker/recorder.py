@@ -1,5 +1,5 @@
-"""The worker's task-history writer: a `RunSink` (worker/taskevents.py) handed one finished
-record per run, one `HistoryStore.write()` a second at most (INTERVAL_MIN_S).
+"""The worker's task-history writer: a `RunSink` (worker/taskevents.py) handed the finished
+runs' records in batches, one `HistoryStore.write()` a second at most (INTERVAL_MIN_S).
 
 Bounded like the event sender: while the store is away at most BUFFER_CAP records wait
 (the oldest dropped, counted) and writing backs off (a store that refuses, e.g. a full
@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 
 from .._backoff import Backoff
 from .._loops import flush_every
 from ..exceptions import AiotqError
-from ..history import HistoryStore, TaskRecord
+from ..history import HistoryStore, Run, TaskRecord
 
 log = logging.getLogger("aiotq.worker")
 
@@ -37,16 +38,12 @@ class HistoryRecorder:
         self._backoff = Backoff(initial=1.0, cap=30.0)
         self._resume_at = 0.0  # loop time: no write before this, after a refusal
 
-    def received(self, record: TaskRecord) -> None:
-        pass  # a record is written once, when its run ends
-
-    def started(self, record: TaskRecord) -> None:
-        pass
-
-    def finished(self, record: TaskRecord) -> None:
-        if len(self._buffer) == BUFFER_CAP:
-            self.dropped += 1
-        self._buffer.append(record)
+    def fold(
+        self, received: Sequence[Run], started: Sequence[Run], finished: Sequence[TaskRecord]
+    ) -> None:
+        """A record is written once, when its run ends."""
+        self.dropped += max(0, len(self._buffer) + len(finished) - BUFFER_CAP)
+        self._buffer.extend(finished)  # past the cap, the oldest go
 
     async def flush(self) -> None:
         loop = asyncio.get_running_loop()

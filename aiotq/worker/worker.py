@@ -27,6 +27,7 @@ from ..beat import Beat
 from ..brokers.base import SUSPECT_DELIVERIES, Consumer
 from ..events import Dispatcher
 from ..exceptions import AiotqError, ConfigurationError, Transient
+from ..history import RunSink
 from ..mapping import BUILTIN
 from ..request import worker_loop
 from ..signals import worker_init, worker_ready, worker_shutdown
@@ -38,7 +39,7 @@ from .pools import apply_pool
 from .presence import Announcer, rss_bytes
 from .publisher import ResultPublisher
 from .recorder import HistoryRecorder
-from .taskevents import RunSink, TaskEvents
+from .taskevents import TaskEvents
 
 if TYPE_CHECKING:
     from ..app import App
@@ -166,6 +167,9 @@ class Worker:
                 if recorder is not None:
                     interval = settings.worker_tick_interval_s
                     recording = group.create_task(recorder.run(interval), name="history")
+                folding = None
+                if task_events.sinks:
+                    folding = group.create_task(task_events.run(), name="task-steps")
                 await self._retrying_start(control.start, "listen for control commands")
                 listening = group.create_task(control.run(), name="control")
                 ticking = group.create_task(self._tick(), name="scheduler-tick")
@@ -212,6 +216,9 @@ class Worker:
                 heartbeats.cancel()
                 self._worker_event(dispatcher, executor, "worker-offline")
                 sending.cancel()  # it sends what is left first, briefly
+                if folding is not None:
+                    folding.cancel()
+                task_events.fold()  # the last runs, before the history writes what is left
                 if recording is not None:
                     recording.cancel()  # the same: what is left is written first
                 if announcing is not None and announcer is not None:
