@@ -230,3 +230,45 @@ def test_the_content_header_is_what_amqp_decodes(
         content_type, priority, message_id,
     )  # fmt: skip
     assert (properties.headers or {}) == headers
+
+
+def queue_arguments_of(url: str) -> dict[str, str]:
+    out = rabbitmqctl("list_queues", "-p", vhost_of(url), "name", "arguments")
+    return dict(line.partition("\t")[::2] for line in out.splitlines())
+
+
+async def test_every_classic_queue_is_declared_in_the_version_2_storage(
+    app: App, amqp_url: str
+) -> None:
+    add = app.tasks["speed.add"]
+    result = await add.send(2, 3)
+    await add.aapply_async((0, 0), countdown=1)  # declares the delay levels too
+    async with run_worker(app):
+        assert await result.get(timeout=10) == 5
+    found = queue_arguments_of(amqp_url)
+    aiotq_queues = [name for name in found if name.startswith(("default", "aiotq.delay."))]
+    assert {"default", "default.dead", "aiotq.delay.0"} <= set(aiotq_queues)
+    for name in aiotq_queues:
+        assert "x-queue-version" in found[name] and "2" in found[name], (name, found[name])
+
+
+async def test_a_queue_an_earlier_aiotq_declared_as_version_1_is_used_as_it_is(
+    app: App, amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queues declared before version 2 keep their arguments (RabbitMQ refuses a declaration
+    that differs): aiotq warns once and serves them, their waiting messages included."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.declare_queue("default", durable=True, arguments={"x-max-priority": 9})
+        await channel.declare_queue("default.dead", durable=True)
+    add = app.tasks["speed.add"]
+    with caplog.at_level("WARNING", logger="aiotq.broker"):
+        waiting = await add.send(20, 1)  # sent before any worker: waits in the old queue
+        async with run_worker(app):
+            assert await waiting.get(timeout=10) == 21
+            assert await (await add.send(1, 1)).get(timeout=10) == 2
+    warned = [r.getMessage() for r in caplog.records if "classic queue of version 1" in r.getMessage()]
+    assert any("'default'" in message for message in warned)
+    assert len([m for m in warned if "'default'" in m]) == 1  # once per queue, not per send
+    found = queue_arguments_of(amqp_url)
+    assert "x-queue-version" not in found["default"]  # untouched

@@ -48,6 +48,7 @@ from .amqp_bus import AmqpBus
 from .amqp_consume import REASON, REQUEUED, Stream, headers_of
 from .amqp_hosts import FailoverConnection, mask_all, split_urls
 from .amqp_publish import Publication, Writer
+from .amqp_queues import CLASSIC_V2, QueueDeclarations
 from .base import Consumer, Delivery, Outgoing, QueueStats, ack_many
 from .bus import Subscription
 
@@ -127,6 +128,7 @@ class AmqpBroker:
         self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
         self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
         self._bus = AmqpBus(self, SETTLE_ERRORS)
+        self._queues = QueueDeclarations()
         self.settle_errors = SETTLE_ERRORS  # for amqp_consume.py, which cannot import this
 
     def __repr__(self) -> str:
@@ -244,13 +246,13 @@ class AmqpBroker:
         if self.queue_type == "quorum":
             arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         else:
-            arguments = {"x-max-priority": 9}
+            arguments = {"x-max-priority": 9, **CLASSIC_V2}
         return {**arguments, **self.queue_arguments.get(queue, {})}
 
     def _dead_arguments(self) -> dict[str, Any] | None:
         """Quorum mode replicates the dead letters too: a classic queue lives on one node,
         and while that node is down no channel that declared it is restored elsewhere."""
-        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else dict(CLASSIC_V2)
 
     def _delay_arguments(self, level: int, lower: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {"x-message-ttl": (2**level) * 1000,
@@ -260,20 +262,21 @@ class AmqpBroker:
             # (RabbitMQ requires reject-publish overflow for it; no length limit is set)
             arguments.update({"x-queue-type": "quorum", "x-overflow": "reject-publish",
                               "x-dead-letter-strategy": "at-least-once"})  # fmt: skip
+        else:
+            arguments.update(CLASSIC_V2)
         return arguments
 
     async def _declare_queue(
-        self, channel: AbstractChannel, queue: str
+        self, link: _Link, channel: AbstractChannel, queue: str
     ) -> aio_pika.abc.AbstractQueue:
-        declared = await channel.declare_queue(
-            queue, durable=True, arguments=self._arguments(queue)
-        )
-        await channel.declare_queue(f"{queue}.dead", durable=True, arguments=self._dead_arguments())
+        declare, connection = self._queues.declare, link.connection
+        declared = await declare(connection, channel, queue, self._arguments(queue))
+        await declare(connection, channel, f"{queue}.dead", self._dead_arguments())
         deliver = await channel.declare_exchange(DELIVER, aio_pika.ExchangeType.TOPIC, durable=True)
         await declared.bind(deliver, "*." * LEVELS + queue)
         return declared
 
-    async def _declare_delays(self, channel: AbstractChannel) -> None:
+    async def _declare_delays(self, link: _Link, channel: AbstractChannel) -> None:
         exchanges = [
             await channel.declare_exchange(
                 f"{self.delays}.{level}", aio_pika.ExchangeType.TOPIC, durable=True
@@ -284,9 +287,9 @@ class AmqpBroker:
         for level, exchange in enumerate(exchanges):
             lower = exchanges[level - 1] if level else deliver
             skip = "*." * (LEVELS - 1 - level)
-            queue = await channel.declare_queue(
-                f"{self.delays}.{level}", durable=True,
-                arguments=self._delay_arguments(level, lower.name),
+            queue = await self._queues.declare(
+                link.connection, channel, f"{self.delays}.{level}",
+                self._delay_arguments(level, lower.name),
             )  # fmt: skip
             await queue.bind(exchange, f"{skip}1.#")
             await lower.bind(exchange, f"{skip}0.#")
@@ -296,10 +299,10 @@ class AmqpBroker:
             return
         async with link.lock:
             if queue not in link.declared:
-                await self._declare_queue(link.channel, queue)
+                await self._declare_queue(link, link.channel, queue)
                 link.declared.add(queue)
             if delayed and not link.delays_declared:
-                await self._declare_delays(link.channel)
+                await self._declare_delays(link, link.channel)
                 link.delays_declared = True
 
     async def declare(self, queues: Sequence[str]) -> None:
@@ -432,7 +435,7 @@ class AmqpBroker:
         buffers, arrived = subscription.buffers, subscription.arrived
         tags, ready = [], set()
         for name in queues:
-            queue = await self._declare_queue(channel, name)
+            queue = await self._declare_queue(link, channel, name)
             if queue.declaration_result.message_count:
                 ready.add(name)
             tags.append((queue, await queue.consume(subscription.incoming_handler(name))))
@@ -510,7 +513,7 @@ class AmqpBroker:
     async def purge(self, queue: str) -> int:
         """Ready messages of the queue (delayed ones still in the delay levels are not)."""
         link = await self._link()
-        declared = await self._declare_queue(link.channel, queue)
+        declared = await self._declare_queue(link, link.channel, queue)
         result = await declared.purge()
         return int(result.message_count or 0)
 
@@ -518,8 +521,8 @@ class AmqpBroker:
         link = await self._link()
         channel = await link.connection.channel()
         try:
-            dead = await channel.declare_queue(
-                f"{queue}.dead", durable=True, arguments=self._dead_arguments()
+            dead = await self._queues.declare(
+                link.connection, channel, f"{queue}.dead", self._dead_arguments()
             )
             out = []
             for _ in range(limit):
@@ -539,8 +542,8 @@ class AmqpBroker:
         channel = await link.connection.channel()
         moved = 0
         try:
-            dead = await channel.declare_queue(
-                f"{queue}.dead", durable=True, arguments=self._dead_arguments()
+            dead = await self._queues.declare(
+                link.connection, channel, f"{queue}.dead", self._dead_arguments()
             )
             for _ in range(limit):
                 message = await dead.get(no_ack=False, fail=False)
@@ -556,7 +559,16 @@ class AmqpBroker:
             await channel.close()
         return moved
 
-    # -- for what rides on the broker's connection (rpc://) -----------------------------------
+    # -- for what rides on the broker's connection (rpc://, Celery's protocol) ---------------
+    async def declare_dead_queue(
+        self, channel: AbstractChannel, queue: str
+    ) -> aio_pika.abc.AbstractQueue:
+        """`queue`'s dead letters, declared as this broker declares them (on `channel`)."""
+        link = await self._link()
+        return await self._queues.declare(
+            link.connection, channel, f"{queue}.dead", self._dead_arguments()
+        )
+
     async def open_channel(self) -> AbstractChannel:
         """A new channel on this loop's connection, with publisher confirms (a mandatory
         message no queue takes raises DeliveryError). The caller closes it; aio-pika restores

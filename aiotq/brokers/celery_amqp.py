@@ -197,7 +197,7 @@ class CeleryAmqpBroker:
                     exchange_name, aio_pika.ExchangeType(kind), durable=True
                 )
                 await declared.bind(exchange, key)
-            await channel.declare_queue(f"{queue}.dead", durable=True)
+            await self._amqp.declare_dead_queue(channel, queue)
             await declared.bind(DELIVER, "*." * LEVELS + queue)  # due delayed messages
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise BrokerError(
@@ -411,7 +411,7 @@ class CeleryAmqpBroker:
         channel = await self._amqp.open_channel()
         moved = 0
         try:
-            dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+            dead = await self._amqp.declare_dead_queue(channel, queue)
             for _ in range(limit):
                 message = await dead.get(no_ack=False, fail=False)
                 if message is None:

@@ -1,6 +1,6 @@
 """Raw aio-pika, the floor for RabbitMQ sends: persistent messages published to the same
-durable queue aiotq uses (`default`, priorities 0-9), each waiting for its publisher
-confirm. Only the sends scenario; there is no worker."""
+durable queue aiotq uses (`default`, priorities 0-9, classic queue storage version 2),
+each waiting for its publisher confirm. Only the sends scenario; there is no worker."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ class RawDriver(Driver):
     async def start(self, opts: argparse.Namespace) -> None:
         self.connection = await aio_pika.connect(opts.broker)
         channel = await self.connection.channel(publisher_confirms=True)
-        await channel.declare_queue("default", durable=True, arguments={"x-max-priority": 9})
+        await channel.declare_queue(
+            "default", durable=True, arguments={"x-max-priority": 9, "x-queue-version": 2}
+        )
         self.exchange = channel.default_exchange
 
     async def stop(self) -> None:
