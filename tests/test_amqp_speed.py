@@ -267,7 +267,9 @@ async def test_a_queue_an_earlier_aiotq_declared_as_version_1_is_used_as_it_is(
         async with run_worker(app):
             assert await waiting.get(timeout=10) == 21
             assert await (await add.send(1, 1)).get(timeout=10) == 2
-    warned = [r.getMessage() for r in caplog.records if "classic queue of version 1" in r.getMessage()]
+    warned = [
+        r.getMessage() for r in caplog.records if "classic queue of version 1" in r.getMessage()
+    ]
     assert any("'default'" in message for message in warned)
     assert len([m for m in warned if "'default'" in m]) == 1  # once per queue, not per send
     found = queue_arguments_of(amqp_url)
