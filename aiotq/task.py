@@ -100,6 +100,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self._declared = dict(options)  # as declared: task_annotations merge into these
         self._signature = inspect.signature(fn)
+        self._positional = _positional_counts(self._signature, bind)
         self.__name__ = fn.__name__
         self.__qualname__ = fn.__qualname__
         self.__module__ = fn.__module__
@@ -259,6 +260,9 @@ class Task(Generic[P, R]):
     def check_call(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Raise TypeError in the producer for a call the function would refuse."""
         if not self.typing:
+            return
+        counts = self._positional  # the usual call, positional only: no Signature.bind
+        if counts is not None and not kwargs and counts[0] <= len(args) <= counts[1]:
             return
         try:
             if self.bind:
@@ -590,3 +594,15 @@ def _on_commit(send: Callable[[], Any]) -> None:
             " Django is not installed (pip install django)"
         ) from None
     transaction.on_commit(send)
+
+
+def _positional_counts(signature: inspect.Signature, bind: bool) -> tuple[int, int] | None:
+    """(required, accepted) positional arguments of a function taking plain positional
+    parameters only (a call within both, without keywords, binds); None for any other."""
+    kinds = {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    parameters = list(signature.parameters.values())
+    if any(p.kind not in kinds for p in parameters) or (bind and not parameters):
+        return None
+    taken = parameters[1:] if bind else parameters  # a bound task's first is the task
+    required = sum(1 for p in taken if p.default is inspect.Parameter.empty)
+    return required, len(taken)

@@ -43,6 +43,30 @@ async def test_wrong_arguments_fail_in_the_producer() -> None:
     assert app.broker.pending_count("default") == 0  # type: ignore[attr-defined]
 
 
+async def test_positional_calls_are_checked_as_the_signature_says() -> None:
+    """The positional-only fast path accepts exactly what the signature binds."""
+    app = make_app()
+
+    @app.task
+    async def notify(phone: str, text: str = "hi") -> None: ...
+
+    @app.task(bind=True)
+    async def bound(self: object, phone: str) -> None: ...
+
+    await notify.send("+1555")
+    await notify.send("+1555", "hello")
+    await bound.send("+1555")
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        await notify.send("+1555", "hello", "extra")
+    with pytest.raises(TypeError, match="missing a required argument: 'phone'"):
+        await notify.send()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        await bound.send("+1555", "extra")
+    with pytest.raises(TypeError, match="missing a required argument: 'phone'"):
+        await bound.send()
+    assert app.broker.pending_count("default") == 3  # type: ignore[attr-defined]
+
+
 async def test_unencodable_argument_is_named() -> None:
     app = make_app()
 
