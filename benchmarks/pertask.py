@@ -10,6 +10,9 @@ The worker is `aiotq worker -c 200` with results stored (benchmarks.baseline). V
 (--metrics-port), `+tracing` (OpenTelemetry API installed, no SDK: no-op spans), `+events`
 (-E, nobody listening), and `all`. Each line prints its ratio to `bare` and the worker's
 CPU per task (all its threads: the history's SQLite writes run on a thread of their own).
+Every drain starts from the same empty store (a new SQLite file beside `--url`, or the
+Redis db of `--url` flushed: give it a db of its own), and each round starts with the next
+variant, so neither a growing database nor the order favours one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import redis.asyncio
 import uvloop
 
 from .baseline import build, drain, enqueue
@@ -43,9 +49,25 @@ def variants() -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
+async def fresh(url: str) -> str:
+    """The store a drain starts from, the same for every variant (a database grown by the
+    earlier drains makes each later one slower, whatever it runs): a new SQLite file beside
+    the given one, or the given Redis db flushed (the bench's own db, as in compare.py)."""
+    if url.startswith("redis"):
+        client = redis.asyncio.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+        return url
+    path = Path(urlsplit(url).path)
+    for old in path.parent.glob(f"{path.stem}-drain*"):
+        old.unlink()
+    return f"sqlite:///{path.with_name(path.stem + '-drain' + path.suffix)}"
+
+
 async def one(
     url: str, kind: str, n: int, extra: list[str], env: dict[str, str]
 ) -> tuple[float, float]:
+    url = await fresh(url)
     producer = build(url)
     await producer.broker.purge("default")
     if kind == "noop":
@@ -70,10 +92,10 @@ async def main() -> None:
     for kind, n in (("noop", options.tasks), ("io", options.tasks // 4)):
         rates: dict[str, list[float]] = {}
         cpus: dict[str, list[float]] = {}
-        for _ in range(options.rounds):
-            for name, (extra, env) in variants().items():
-                if name not in chosen:
-                    continue
+        for round_no in range(options.rounds):
+            table = [(name, v) for name, v in variants().items() if name in chosen]
+            turn = round_no % len(table)  # each round starts with the next variant: drift
+            for name, (extra, env) in table[turn:] + table[:turn]:  # falls on all of them
                 rate, cpu_us = await one(options.url, kind, n, extra, env)
                 rates.setdefault(name, []).append(rate)
                 cpus.setdefault(name, []).append(cpu_us)
