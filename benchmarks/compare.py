@@ -190,7 +190,10 @@ def main() -> None:
     try:
         for round_no in range(1, rounds + 1):
             for scenario in ALL:
-                for system in systems:  # in alternation, round after round
+                # in alternation, round after round; each round starts with the next system,
+                # so none always runs first after a vhost was flushed or a heavier system ran
+                turn = (round_no - 1) % len(systems)
+                for system in systems[turn:] + systems[:turn]:
                     if scenario not in system.runs:
                         continue
                     kind = "noop" if scenario == "scale" else scenario
