@@ -128,7 +128,7 @@ class AmqpBroker:
         self._links: PerLoop[_Link] = PerLoop()  # set by _link() once opened
         self._linking: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
         self._bus = AmqpBus(self, SETTLE_ERRORS)
-        self._queues = QueueDeclarations()
+        self._queues = QueueDeclarations(connect_timeout_s)  # each waits this at most
         self.settle_errors = SETTLE_ERRORS  # for amqp_consume.py, which cannot import this
 
     def __repr__(self) -> str:

@@ -11,11 +11,14 @@ A queue declared before aiotq asked for version 2 has no such argument, and Rabb
 a declaration whose arguments differ from the queue's. Such a queue is used as it is (its
 messages stay where they are) with one warning; RabbitMQ's `queue-version` policy converts
 it in place. Each queue's arguments are settled once per broker, on a channel of their own
-(a refused declaration closes its channel).
+(a refused declaration closes its channel). Each declaration waits `timeout_s` at most: a
+server that accepts and never answers raises TimeoutError (a connection error to the
+broker's callers, which retry within their own bound).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -33,7 +36,8 @@ CLASSIC_V2 = {QUEUE_VERSION: 2}
 class QueueDeclarations:
     """The arguments each queue is declared with: aiotq's, or those of the queue found."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self._settled: dict[str, Mapping[str, Any] | None] = {}
 
     async def declare(
@@ -43,12 +47,13 @@ class QueueDeclarations:
         name: str,
         arguments: Mapping[str, Any] | None,
     ) -> AbstractQueue:
-        if name not in self._settled:
-            self._settled[name] = await self._settle(connection, name, arguments)
-        settled = self._settled[name]
-        return await channel.declare_queue(
-            name, durable=True, arguments=dict(settled) if settled else None
-        )
+        async with asyncio.timeout(self.timeout_s):
+            if name not in self._settled:
+                self._settled[name] = await self._settle(connection, name, arguments)
+            settled = self._settled[name]
+            return await channel.declare_queue(
+                name, durable=True, arguments=dict(settled) if settled else None
+            )
 
     async def _settle(
         self, connection: AbstractConnection, name: str, arguments: Mapping[str, Any] | None
