@@ -182,3 +182,24 @@ async def test_a_worker_writes_history_without_events(tmp_path: Path) -> None:
     assert failed is not None and "ValueError" in (failed.exception or "")
     assert failed.args == ["<script>x</script>"] and "raise ValueError" in (failed.traceback or "")
     await app.aclose()
+
+
+async def test_a_run_that_ends_just_before_a_warm_stop_is_in_the_history(
+    tmp_path: Path,
+) -> None:
+    """The steps are folded into records twice a second and written once a second: a stop
+    folds and writes what is left, so nothing that ran is missing from the history."""
+    app = App("hist", broker=f"sqlite:///{tmp_path}/s.db")
+
+    @app.task(name="hist.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with run_worker(app, hostname="stop@here"):
+        result = await add.send(4, 5)
+        assert await result.get(timeout=5) == 9
+    history = app.history
+    assert history is not None
+    record = await history.get(result.id)  # no wait: written before the worker returned
+    assert record is not None and record.state == "SUCCESS" and record.result == 9
+    await app.aclose()
